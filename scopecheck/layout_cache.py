@@ -1,0 +1,69 @@
+"""Persistent layout cache, keyed by the ELF's build-id (or path, size and mtime).
+
+One JSON file per ELF under ``<cache>/layouts/``. Written atomically; a file
+that does not parse, or was written by another cache format, is ignored and
+rewritten. A struct that is absent from the ELF is cached as ``null`` so
+the next run does not search for it again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+
+from scopecheck import __version__
+from scopecheck.model import PaholeStruct, StructLayout
+from scopecheck.paths import atomic_write_text, cache_dir
+
+FORMAT = 2
+
+
+class LayoutCache:
+    def __init__(self, path, key: dict):
+        self.path = path
+        self.key = key
+        self.layouts: dict[str, StructLayout | None] = {}
+        self.pahole: dict[str, dict] = {}  # pahole version -> {struct: PaholeStruct dict}
+        self._dirty = False
+
+    @classmethod
+    def for_elf(cls, elf) -> "LayoutCache":
+        st_key = {"size": elf.file_size, "mtime_ns": elf.mtime_ns}
+        bid = elf.build_id
+        ident = bid or hashlib.sha256(f"{os.path.realpath(elf.path)}".encode()).hexdigest()[:32]
+        key = {"format": FORMAT, "version": __version__, "build_id": bid, **st_key}
+        c = cls(cache_dir("layouts") / f"{ident}.json", key)
+        c._load()
+        return c
+
+    def _load(self) -> None:
+        try:
+            with open(self.path) as f:
+                data = json.load(f)
+            if data.get("key") != self.key:
+                return
+            self.layouts = {n: (StructLayout.from_dict(d) if d else None)
+                            for n, d in data.get("layouts", {}).items()}
+            self.pahole = data.get("pahole", {})
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            self.layouts, self.pahole = {}, {}
+
+    def pahole_structs(self, pahole_version: str) -> dict[str, PaholeStruct | None]:
+        got = self.pahole.get(pahole_version, {})
+        return {n: (PaholeStruct(**d) if d else None) for n, d in got.items()}
+
+    def set_pahole(self, pahole_version: str, structs: dict[str, PaholeStruct | None]) -> None:
+        d = self.pahole.setdefault(pahole_version, {})
+        d.update({n: (p.to_dict() if p else None) for n, p in structs.items()})
+
+    def save(self) -> None:
+        data = {
+            "key": self.key,
+            "layouts": {n: (l.to_dict() if l else None) for n, l in self.layouts.items()},
+            "pahole": self.pahole,
+        }
+        try:
+            atomic_write_text(self.path, json.dumps(data, separators=(",", ":")))
+        except OSError:
+            pass  # a read-only cache must not fail the command

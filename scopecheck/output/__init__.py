@@ -1,0 +1,1 @@
+"""Renderers: text, JSON, CSV, SARIF and figures. The only place matplotlib is imported."""
