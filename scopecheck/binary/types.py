@@ -46,6 +46,7 @@ class StructFinder:
         self.dwarf = open_dwarf(elf)
         self._cu_offsets: list[int] | None = None
         self._walked: dict[str, object] | None = None
+        self._gcc: bool | None = None
 
     # -- unit lookup --
     def _cu_for(self, offset: int):
@@ -81,7 +82,10 @@ class StructFinder:
             while pos >= 0:
                 needles.append(struct.pack("<I", pos - lo))
                 pos = m.find(target, pos + 1, hi)
-        needles.append(target)  # DW_FORM_string: the name inline in the DIE
+        if len(name) <= 4 or not self._gcc_only():
+            # DW_FORM_string: the name inline in the DIE. GCC inlines only names that
+            # are no longer than a .debug_str offset, so for it this scan is skipped.
+            needles.append(target)
         lo, hi = info.offset, info.offset + info.size
         for needle in needles:
             inline = needle is target
@@ -112,6 +116,22 @@ class StructFinder:
                         break
                 pos = m.find(needle, pos + 1, hi)
         return None
+
+    def _gcc_only(self) -> bool:
+        """True when the first and last units come from GCC or GNU as (a kernel is built by one compiler)."""
+        if self._gcc is None:
+            try:
+                if self._cu_offsets is None:
+                    self._cu_offsets = cu_offsets(self.elf, self.dwarf)
+                prods = []
+                for off in {self._cu_offsets[0], self._cu_offsets[-1]}:
+                    top = self.dwarf.get_CU_at(off).get_top_DIE()
+                    a = top.attributes.get("DW_AT_producer")
+                    prods.append(a.value if a is not None and isinstance(a.value, bytes) else b"")
+                self._gcc = all(p.startswith((b"GNU C", b"GNU AS")) for p in prods)  # as(1) units hold no structs
+            except Exception:
+                self._gcc = False
+        return self._gcc
 
     def _find_by_walk(self, name: str):
         if self._walked is None:

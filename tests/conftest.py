@@ -1,0 +1,46 @@
+"""Shared test fixtures.
+
+Real Debian arm64 kernels are downloaded once into the scopecheck cache
+($SCOPECHECK_CACHE or ~/.cache/scopecheck) and shared by every test and run.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURE_BUILD = ROOT / "fixtures" / "mini_hyp" / "build"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+
+def fixture_variants() -> list[str]:
+    return sorted(p.name for p in FIXTURE_BUILD.iterdir() if (p / "kvm_nvhe.o").is_file()) \
+        if FIXTURE_BUILD.is_dir() else []
+
+
+def run_cli(*args: str, env: dict | None = None, timeout: float = 600, cwd: Path | None = None):
+    """Run ``python -m scopecheck ARGS`` as a user would; returns CompletedProcess (text)."""
+    e = dict(os.environ)
+    if env:
+        e.update(env)
+    return subprocess.run([sys.executable, "-m", "scopecheck", *args], capture_output=True, text=True,
+                          timeout=timeout, env=e, cwd=cwd or ROOT)
+
+
+@pytest.fixture(scope="session")
+def vmlinux_61() -> Path:
+    from kernel_cache import debian_vmlinux
+
+    return debian_vmlinux("6.1")
+
+
+@pytest.fixture(scope="session")
+def vmlinux_612() -> Path:
+    from kernel_cache import debian_vmlinux
+
+    return debian_vmlinux("6.12")
