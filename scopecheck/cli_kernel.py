@@ -1,0 +1,184 @@
+"""``scopecheck kernel ...``: fetch Debian arm64 kernels into the cache.
+
+Paths (or JSON) go to stdout; progress and errors go to stderr.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from enum import Enum
+from typing import Annotated, Optional
+
+import typer
+
+from scopecheck.errors import ScopecheckError
+
+kernel_app = typer.Typer(
+    name="kernel",
+    help="Fetch Debian arm64 kernels (dbg vmlinux, Image, config, source) into the cache.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+
+@kernel_app.callback()
+def _kernel_group() -> None:
+    """Fetch Debian arm64 kernels (dbg vmlinux, Image, config, source) into the cache."""
+
+
+class OutputFormat(str, Enum):
+    text = "text"
+    json = "json"
+
+
+def _one_line_errors(fn):
+    """Turn ScopecheckError into ``scopecheck: <msg>`` on stderr and exit status 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except ScopecheckError as e:
+            msg = " ".join(str(e).split())
+            typer.echo(f"scopecheck: {msg}", err=True)
+            raise typer.Exit(getattr(e, "exit_code", 2))
+        except KeyboardInterrupt:
+            typer.echo("scopecheck: interrupted", err=True)
+            raise typer.Exit(130)
+
+    return wrapper
+
+
+class _StderrProgress:
+    """progress(stage, done, total) -> a rich progress bar on a terminal, plain lines otherwise."""
+
+    def __init__(self, quiet: bool):
+        from rich.console import Console
+
+        self.quiet = quiet
+        self.console = Console(stderr=True)
+        self.live = self.console.is_terminal and not quiet
+        self.progress = None
+        self.task = None
+        self.stage = None
+
+    def __enter__(self):
+        if self.live:
+            from rich.progress import (
+                BarColumn,
+                DownloadColumn,
+                Progress,
+                SpinnerColumn,
+                TextColumn,
+                TimeRemainingColumn,
+                TransferSpeedColumn,
+            )
+
+            self.progress = Progress(
+                SpinnerColumn(),
+                TextColumn("{task.description}"),
+                BarColumn(),
+                DownloadColumn(),
+                TransferSpeedColumn(),
+                TimeRemainingColumn(),
+                console=self.console,
+                transient=True,
+            )
+            self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        if self.progress is not None:
+            self.progress.__exit__(*exc)
+        return False
+
+    def __call__(self, stage: str, done: Optional[int], total: Optional[int]) -> None:
+        if self.quiet:
+            return
+        if not self.live:
+            # Without a terminal: one line per stage that does real work (not "resolving").
+            if stage != self.stage and not stage.startswith("resolving"):
+                self.stage = stage
+                size = f" ({total / 1e6:.0f} MB)" if total and stage.startswith("downloading") else ""
+                print(f"scopecheck: {stage}{size}", file=sys.stderr, flush=True)
+            return
+        if stage != self.stage:
+            if self.task is not None:
+                self.progress.remove_task(self.task)
+            self.stage = stage
+            self.task = self.progress.add_task(stage, total=total)
+        self.progress.update(self.task, completed=done or 0, total=total)
+
+
+@kernel_app.command("fetch")
+@_one_line_errors
+def fetch_cmd(
+    spec: Annotated[
+        str,
+        typer.Argument(
+            help="Kernel to fetch: debian:6.1 or debian:6.12 (current ABI of the series), "
+            "or an exact ABI such as debian:6.1.0-56 or debian:6.12.117+deb12.",
+            show_default=False,
+        ),
+    ],
+    flavour: Annotated[
+        str, typer.Option("--flavour", help="Debian kernel flavour (package name part), e.g. cloud-arm64 or arm64.")
+    ] = "cloud-arm64",
+    source: Annotated[
+        bool, typer.Option("--source", help="Also fetch the linux-source-<series>.tar.xz tarball.")
+    ] = False,
+    image: Annotated[
+        bool,
+        typer.Option(
+            "--image/--no-image",
+            help="Fetch the bootable Image and its config (from the -unsigned package); "
+            "--no-image fetches only the dbg vmlinux.",
+        ),
+    ] = True,
+    output_format: Annotated[
+        OutputFormat,
+        typer.Option("--format", help="Output on stdout: text (one 'name: path' per line) or json.", case_sensitive=False),
+    ] = OutputFormat.text,
+    verify: Annotated[
+        bool,
+        typer.Option("--verify", help="Re-hash cached files against their recorded SHA256 (re-fetch if damaged)."),
+    ] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output on stderr.")] = False,
+) -> None:
+    """Download a Debian arm64 kernel (or find it in the cache) and print its paths."""
+    from scopecheck.kernels.debian import fetch
+
+    with _StderrProgress(quiet) as progress:
+        k = fetch(spec, flavour=flavour, image=image, source=source, progress=progress, verify=verify)
+    data = k.to_json()
+    if output_format is OutputFormat.json:
+        typer.echo(json.dumps(data, indent=2))
+        return
+    for key in ("abi", "version", "vmlinux", "image", "config", "source_tarball", "cache_dir"):
+        if data.get(key) is not None:
+            typer.echo(f"{key}: {data[key]}")
+
+
+@kernel_app.command("list")
+@_one_line_errors
+def list_cmd(
+    flavour: Annotated[
+        str, typer.Option("--flavour", help="Debian kernel flavour (package name part), e.g. cloud-arm64 or arm64.")
+    ] = "cloud-arm64",
+    output_format: Annotated[
+        OutputFormat,
+        typer.Option("--format", help="Output on stdout: text (one ABI per line) or json.", case_sensitive=False),
+    ] = OutputFormat.text,
+) -> None:
+    """List the kernel ABIs whose dbg package is in apt's index (no download)."""
+    from scopecheck.kernels.debian import available_abis, _check_architecture
+
+    _check_architecture()
+    abis = available_abis(flavour)
+    if output_format is OutputFormat.json:
+        typer.echo(json.dumps({"schema_version": 1, "flavour": flavour, "abis": abis}, indent=2))
+    else:
+        for a in abis:
+            typer.echo(f"debian:{a}")
