@@ -112,6 +112,13 @@ class _StderrProgress:
         self.progress.update(self.task, completed=done or 0, total=total)
 
 
+class PathChoice(str, Enum):
+    vmlinux = "vmlinux"
+    image = "image"
+    config = "config"
+    source = "source"
+
+
 @kernel_app.command("fetch")
 @_one_line_errors
 def fetch_cmd(
@@ -146,6 +153,11 @@ def fetch_cmd(
         typer.Option("--verify", help="Re-hash cached files against their recorded SHA256 (re-fetch if damaged)."),
     ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output on stderr.")] = False,
+    path: Annotated[
+        Optional[PathChoice],
+        typer.Option("--path", help="Print only this one path (for $(...) in scripts): "
+                                    "vmlinux, image, config or source.", case_sensitive=False),
+    ] = None,
 ) -> None:
     """Download a Debian arm64 kernel (or find it in the cache) and print its paths."""
     from scopecheck.kernels.debian import fetch
@@ -153,6 +165,13 @@ def fetch_cmd(
     with _StderrProgress(quiet) as progress:
         k = fetch(spec, flavour=flavour, image=image, source=source, progress=progress, verify=verify)
     data = k.to_json()
+    if path is not None:
+        key = "source_tarball" if path is PathChoice.source else path.value
+        if data.get(key) is None:
+            raise ScopecheckError(f"no {path.value} for {spec}: fetch it with "
+                                  + ("--source" if path is PathChoice.source else "--image"))
+        typer.echo(data[key])
+        return
     if output_format is OutputFormat.json:
         typer.echo(json.dumps(data, indent=2))
         return
