@@ -1,0 +1,161 @@
+"""Plain records about hyp *code*: functions, inlined instances, call edges.
+
+Produced by :mod:`scopecheck.binary.functions`; nothing here imports the binary
+or source doors. A function is identified by its :data:`FuncKey`
+``(name, decl_file, decl_line)``, which keeps same-named static functions of
+different files apart (``__sync_state`` in switch.c and in sysreg-sr.c).
+Names are DWARF (source) names: in a vmlinux the hyp symbols carry the
+``__kvm_nvhe_`` prefix, the keys do not.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterator
+
+FuncKey = tuple  # (name: str, decl_file: str | None, decl_line: int | None)
+
+EDGE_KINDS = ("call_site", "tail_call", "inlined", "bl", "b", "blr", "address_taken")
+
+
+@dataclass(slots=True)
+class HypFunction:
+    """An out-of-line hyp function: a DWARF subprogram with code, or an assembly symbol."""
+
+    name: str
+    symbol: str | None  # linkage name in .symtab (``__kvm_nvhe_foo`` in a vmlinux)
+    address: int | None
+    size: int
+    decl_file: str | None
+    decl_line: int | None
+    cu_name: str | None
+    is_asm: bool = False
+    external: bool = False
+    die_offset: int | None = None
+    ranges: tuple = ()  # ((lo, hi), ...) code ranges, hot and cold parts
+
+    @property
+    def key(self) -> FuncKey:
+        return (self.name, self.decl_file, self.decl_line)
+
+    @property
+    def is_static(self) -> bool:
+        return not self.external
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "symbol": self.symbol, "address": self.address, "size": self.size,
+                "decl_file": self.decl_file, "decl_line": self.decl_line, "cu": self.cu_name,
+                "asm": self.is_asm, "external": self.external, "die_offset": self.die_offset,
+                "ranges": [list(r) for r in self.ranges]}
+
+
+@dataclass(slots=True)
+class InlinedInstance:
+    """One DW_TAG_inlined_subroutine: ``callee`` inlined into out-of-line function ``caller``."""
+
+    callee: FuncKey  # the abstract origin (name, decl_file, decl_line)
+    caller: FuncKey  # the out-of-line function whose code holds the instance
+    parent: FuncKey | None  # the enclosing inlined function when nested (depth > 1)
+    call_file: str | None
+    call_line: int | None
+    ranges: tuple  # ((lo, hi), ...)
+    depth: int  # 1 = directly in the out-of-line function
+    die_offset: int | None = None
+
+    @property
+    def callee_name(self) -> str:
+        return self.callee[0]
+
+    @property
+    def low_pc(self) -> int | None:
+        return min(lo for lo, _ in self.ranges) if self.ranges else None
+
+    def to_dict(self) -> dict:
+        return {"callee": list(self.callee), "caller": list(self.caller),
+                "parent": list(self.parent) if self.parent else None, "call_file": self.call_file,
+                "call_line": self.call_line, "ranges": [list(r) for r in self.ranges], "depth": self.depth,
+                "die_offset": self.die_offset}
+
+
+@dataclass(slots=True)
+class CallEdge:
+    """A control transfer (or a function address taken) from ``caller`` to ``callee``.
+
+    kind: ``call_site`` / ``tail_call`` (DWARF call sites), ``inlined`` (an inlined
+    instance), ``bl`` / ``b`` / ``blr`` (disassembly, only where DWARF has no call site
+    at that instruction; ``b`` includes conditional branches into another function and
+    ``br``), ``address_taken`` (callee's address is stored in a table ``via`` that
+    ``caller`` reads, or is computed in ``caller``'s code; ``caller`` None when nobody
+    is known to read the table).  ``callee`` None: unresolved (indirect call).
+    """
+
+    caller: FuncKey | None
+    callee: FuncKey | None
+    kind: str
+    indirect: bool = False
+    target_type: str | None = None  # e.g. the function-pointer typedef of a table (``hcall_t``)
+    file: str | None = None
+    line: int | None = None
+    address: int | None = None  # the branch instruction (or the table slot for address_taken)
+    callee_name: str | None = None  # also set when callee is outside the hyp functions
+    via: str | None = None  # table symbol for address_taken; register for blr/br
+    inline_caller: FuncKey | None = None  # innermost inlined function holding the call
+
+    def to_dict(self) -> dict:
+        return {"caller": list(self.caller) if self.caller else None,
+                "callee": list(self.callee) if self.callee else None, "kind": self.kind,
+                "indirect": self.indirect, "target_type": self.target_type, "file": self.file,
+                "line": self.line, "address": self.address, "callee_name": self.callee_name,
+                "via": self.via, "inline_caller": list(self.inline_caller) if self.inline_caller else None}
+
+
+@dataclass(slots=True)
+class HypFacts:
+    """Everything :func:`scopecheck.binary.functions.hyp_functions` found in one ELF."""
+
+    path: str
+    functions: list[HypFunction]
+    inlined: list[InlinedInstance]
+    edges: list[CallEdge]
+    cus: list[str] = field(default_factory=list)
+    timings: dict = field(default_factory=dict)
+
+    def named(self, name: str) -> list[HypFunction]:
+        return [f for f in self.functions if f.name == name]
+
+    def by_key(self) -> dict:
+        out: dict = {}
+        for f in self.functions:
+            out.setdefault(f.key, []).append(f)
+        return out
+
+    @property
+    def entry_points(self) -> list[HypFunction]:
+        """Assembly functions (vectors, guest enter/exit, host entry, ...)."""
+        return [f for f in self.functions if f.is_asm]
+
+    def edges_from(self, key: FuncKey) -> Iterator[CallEdge]:
+        return (e for e in self.edges if e.caller == key)
+
+    def unresolved_indirect(self) -> list[CallEdge]:
+        return [e for e in self.edges if e.indirect and e.callee is None]
+
+    def call_graph(self, kinds: tuple[str, ...] = EDGE_KINDS):
+        """A networkx DiGraph of FuncKeys; edge attribute ``kinds`` is the set of edge kinds."""
+        import networkx as nx
+
+        g = nx.DiGraph()
+        for f in self.functions:
+            g.add_node(f.key)
+        for e in self.edges:
+            if e.caller is None or e.callee is None or e.kind not in kinds:
+                continue
+            if g.has_edge(e.caller, e.callee):
+                g[e.caller][e.callee]["kinds"].add(e.kind)
+            else:
+                g.add_edge(e.caller, e.callee, kinds={e.kind})
+        return g
+
+    def to_dict(self) -> dict:
+        return {"path": self.path, "cus": self.cus, "functions": [f.to_dict() for f in self.functions],
+                "inlined": [i.to_dict() for i in self.inlined], "edges": [e.to_dict() for e in self.edges]}
