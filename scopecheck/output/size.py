@@ -51,6 +51,15 @@ def table(reports: list[SizeReport]) -> str:
     return "\n".join(out)
 
 
+def _decl(type_name: str, name: str) -> str:
+    """C declarator: ``u64 regs[31]``, ``struct kvm *kvm``."""
+    base, sep, dims = type_name.partition("[")
+    dims = sep + dims
+    if base.endswith("*"):
+        return f"{base}{name}{dims}"
+    return f"{base} {name}{dims}".rstrip()
+
+
 def expanded(reports: list[SizeReport]) -> str:
     """Nested field tree with absolute offsets and sizes, like ``pahole -E``.
 
@@ -75,7 +84,7 @@ def expanded(reports: list[SizeReport]) -> str:
                 rec(m.members, depth + 1)
                 out.append(line(ind, f"}} {name}{dims};", m))
             else:
-                out.append(line(ind, f"{m.type_name} {name}{bits};", m))
+                out.append(line(ind, _decl(m.type_name, name) + f"{bits};", m))
 
     for rep in reports:
         for n, lay in rep.layouts.items():
