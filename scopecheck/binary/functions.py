@@ -624,6 +624,7 @@ def _facts(elf: ElfImage) -> HypFacts:
         dwarf_addrs.add(fn.address)
     starts = sorted(by_addr)
     cu_at = _Intervals(walker.cu_ranges)
+    aliases: dict[str, int] = {}  # other names of assembly functions (SYM_FUNC_ALIAS, __pi_ twins)
     for i, addr in enumerate(starts):
         if addr in dwarf_addrs:
             continue
@@ -645,6 +646,8 @@ def _facts(elf: ElfImage) -> HypFacts:
                                          decl_line=dline, cu_name=cu_name, is_asm=False, external=ext,
                                          die_offset=ab.offset, ranges=((addr, end),)))
             continue
+        for x in ss:
+            aliases.setdefault(x.plain, addr)
         line = walker.line_of(hit[1], addr) if hit else None
         dfile = os.path.normpath(cu_name) if cu_name else None
         functions.append(HypFunction(name=s.plain, symbol=s.name, address=addr, size=end - addr,
@@ -658,9 +661,16 @@ def _facts(elf: ElfImage) -> HypFacts:
     for f in functions:
         if f.external or f.is_asm:
             ext_by_name.setdefault(f.name, f.key)
+    by_start = {f.address: f.key for f in functions if f.is_asm}
+    for n, addr in aliases.items():
+        if addr in by_start:
+            ext_by_name.setdefault(n, by_start[addr])
     for e in walker.edges:
         if e.callee is not None and e.callee not in defined and e.kind != "inlined":
-            k = ext_by_name.get(e.callee[0])
+            n = e.callee[0]
+            k = ext_by_name.get(n)
+            if k is None and n.startswith("__builtin_"):  # GCC names memset calls __builtin_memset
+                k = ext_by_name.get(n[10:]) or ext_by_name.get("__" + n[10:])
             if k is not None:
                 e.callee = k
 
