@@ -201,3 +201,63 @@ def list_cmd(
     else:
         for a in abis:
             typer.echo(f"debian:{a}")
+
+
+# --------------------------------------------------------------------------- build (scopecheck.kernels.build)
+
+from pathlib import Path as _Path  # noqa: E402
+
+
+@kernel_app.command("build")
+@_one_line_errors
+def build_cmd(
+    src: Annotated[
+        _Path,
+        typer.Argument(
+            help="Kernel source: a directory (e.g. a git tree; must be clean, without .config) or a "
+            ".tar.xz/.tar.gz tarball such as Debian's linux-source-6.1.tar.xz (extracted into the cache once).",
+            show_default=False,
+        ),
+    ],
+    out: Annotated[
+        _Path, typer.Option("--out", "-o", help="Build directory (make O=OUT); created if needed.", show_default=False)
+    ],
+    config: Annotated[
+        str,
+        typer.Option(
+            "--config",
+            help="pkvm-tiny: tinyconfig + scopecheck's fragment (KVM, GICv3, PSCI, PL011 console, initramfs, "
+            "DWARF 5, BTF). defconfig: make defconfig + DWARF 5 debug info, KVM and BTF. FILE: a complete "
+            ".config (e.g. a distribution's config-*), with the same debug/KVM/BTF options merged on top and "
+            "run through olddefconfig.",
+        ),
+    ] = "pkvm-tiny",
+    jobs: Annotated[
+        Optional[int], typer.Option("--jobs", "-j", min=1, help="Parallel make jobs [default: number of CPUs].")
+    ] = None,
+    patch: Annotated[
+        Optional[list[_Path]],
+        typer.Option(
+            "--patch",
+            help="Patch (-p1) applied to a copy of SRC before building; repeatable, applied in order. "
+            "SRC itself is never modified.",
+        ),
+    ] = None,
+    llvm: Annotated[
+        bool, typer.Option("--llvm", help="Build with clang/LLVM (LLVM=1) instead of aarch64-linux-gnu-gcc.")
+    ] = False,
+    output_format: Annotated[
+        OutputFormat,
+        typer.Option("--format", help="Output on stdout: text ('name: path' lines) or json.", case_sensitive=False),
+    ] = OutputFormat.text,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output on stderr.")] = False,
+) -> None:
+    """Cross-build arm64 vmlinux, Image, kvm_nvhe.o and compile_commands.json from a kernel source.
+
+    The full log is kept in OUT/scopecheck-build.log; a failure quotes the first compiler error.
+    """
+    from scopecheck.kernels.build import StderrBuildProgress, build_kernel, print_result
+
+    with StderrBuildProgress(quiet) as progress:
+        k = build_kernel(src, out, config=config, jobs=jobs, patches=patch or (), llvm=llvm, progress=progress)
+    print_result(k, output_format is OutputFormat.json)

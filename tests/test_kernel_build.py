@@ -1,0 +1,323 @@
+"""``scopecheck kernel build``: cross-building pkvm-tiny from Debian's linux-source-6.1.
+
+The pkvm-tiny build (~2-4 min on 2 cores) and the patched one are done once
+into the shared cache (see build_cache.py); later runs take seconds.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+import build_cache  # noqa: E402
+from conftest import run_cli  # noqa: E402
+
+from scopecheck.errors import ScopecheckError, ToolMissing  # noqa: E402
+from scopecheck.kernels import build as kb  # noqa: E402
+
+pytestmark = [pytest.mark.kernel]
+
+HYP_FILE = "arch/arm64/kvm/hyp/nvhe/switch.c"
+INJECTED = "scopecheck_injected_leak"
+
+
+@pytest.fixture(scope="session")
+def tiny61() -> kb.BuiltKernel:
+    return build_cache.pkvm_tiny_61()
+
+
+@pytest.fixture(scope="session")
+def src61() -> kb.SourceTree:
+    return build_cache.debian_source_tree("6.1")
+
+
+def _one_line_error(r, *words):
+    assert r.returncode == 2, (r.returncode, r.stdout, r.stderr)
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr
+    assert lines[0].startswith("scopecheck: "), lines[0]
+    assert "Traceback" not in r.stderr
+    for w in words:
+        assert w in lines[0], lines[0]
+    return lines[0]
+
+
+def _leak_patch(tree: Path, dest: Path) -> Path:
+    """A real -p1 patch adding a hyp function that reads a vcpu register (an injected 'leak')."""
+    old = (tree / HYP_FILE).read_text().splitlines(keepends=True)
+    new = old + [
+        "\n",
+        "/* scopecheck test: injected by tests/test_kernel_build.py */\n",
+        f"u64 {INJECTED}(struct kvm_vcpu *vcpu);\n",
+        f"u64 {INJECTED}(struct kvm_vcpu *vcpu)\n",
+        "{\n",
+        "\treturn READ_ONCE(vcpu->arch.ctxt.regs.regs[0]);\n",
+        "}\n",
+    ]
+    dest.write_text("".join(difflib.unified_diff(old, new, f"a/{HYP_FILE}", f"b/{HYP_FILE}")))
+    return dest
+
+
+def _bad_patch(tree: Path, dest: Path) -> Path:
+    """A patch whose context is not in the file."""
+    dest.write_text(
+        f"--- a/{HYP_FILE}\n+++ b/{HYP_FILE}\n@@ -1,3 +1,4 @@\n"
+        " this line is not in switch.c\n nor is this one\n+added\n and not this\n"
+    )
+    return dest
+
+
+# --------------------------------------------------------------------------- the pkvm-tiny build
+
+
+def test_artefacts_exist(tiny61):
+    for name, path in tiny61.artefacts.items():
+        assert path.is_file() and path.stat().st_size > 0, name
+    assert tiny61.config_path.is_file() and tiny61.log.is_file()
+    assert (tiny61.out / "source").resolve() == tiny61.source_dir.resolve()
+    assert tiny61.kernel_version.startswith("6.1.")
+    assert kb.load_build(tiny61.out) == tiny61
+
+
+def test_vmlinux_and_image_are_arm64(tiny61):
+    from elftools.elf.elffile import ELFFile
+
+    for p in (tiny61.vmlinux, tiny61.kvm_nvhe_o):
+        with open(p, "rb") as f:
+            elf = ELFFile(f)
+            assert elf["e_machine"] == "EM_AARCH64", p
+            assert elf.elfclass == 64
+    with open(tiny61.image, "rb") as f:
+        head = f.read(64)
+    assert head[0x38:0x3C] == b"ARM\x64"
+
+
+def test_kvm_nvhe_symbols(tiny61):
+    from elftools.elf.elffile import ELFFile
+
+    with open(tiny61.kvm_nvhe_o, "rb") as f:
+        names = [s.name for s in ELFFile(f).get_section_by_name(".symtab").iter_symbols() if s.name]
+    nvhe = [n for n in names if n.startswith("__kvm_nvhe_")]
+    assert len(nvhe) > 100
+    assert "__kvm_nvhe___kvm_vcpu_run" in names
+
+
+def test_compile_commands_cover_nvhe(tiny61):
+    entries = json.loads(tiny61.compile_commands.read_text())
+    files = {Path(e["file"]).as_posix() for e in entries}
+    nvhe = {f for f in files if re.search(r"arch/arm64/kvm/hyp/nvhe/[^/]+\.c$", f)}
+    assert any(f.endswith("hyp/nvhe/switch.c") for f in nvhe), sorted(nvhe)
+    assert len(nvhe) >= 10
+    switch = next(e for e in entries if e["file"].endswith("hyp/nvhe/switch.c"))
+    assert "-D__KVM_NVHE_HYPERVISOR__" in switch["command"]
+    assert Path(switch["directory"]) == tiny61.out
+
+
+def test_config_options_stuck(tiny61):
+    cfg = kb._parse_config(tiny61.config_path.read_text())
+    for opt in ("CONFIG_ARM64", "CONFIG_KVM", "CONFIG_VIRTUALIZATION", "CONFIG_DEBUG_INFO",
+                "CONFIG_DEBUG_INFO_DWARF5", "CONFIG_SERIAL_AMBA_PL011_CONSOLE", "CONFIG_BLK_DEV_INITRD",
+                "CONFIG_RD_GZIP", "CONFIG_DEVTMPFS_MOUNT", "CONFIG_ARM_GIC_V3", "CONFIG_ARM_PSCI_FW",
+                "CONFIG_SMP", "CONFIG_BINFMT_ELF", "CONFIG_BINFMT_SCRIPT", "CONFIG_PROC_FS", "CONFIG_SYSFS"):
+        assert cfg.get(opt) == "y", opt
+    assert cfg.get("CONFIG_DEBUG_INFO_REDUCED", "n") == "n"
+    # every y the fragment asks for (BTF only when it was possible)
+    frag = kb._parse_config(kb.fragment_text("pkvm-tiny"))
+    for opt, want in frag.items():
+        if opt in kb.BTF_OPTIONS and not tiny61.btf:
+            continue
+        if want == "y":
+            assert cfg.get(opt) == "y", opt
+    if kb.pahole_version() and kb.pahole_version() >= kb.PAHOLE_MIN_BTF_DWARF5:
+        assert tiny61.btf, tiny61.notes
+
+
+def test_dwarf5(tiny61):
+    from elftools.elf.elffile import ELFFile
+
+    with open(tiny61.kvm_nvhe_o, "rb") as f:
+        cu = next(ELFFile(f).get_dwarf_info().iter_CUs())
+        assert cu.header["version"] == 5
+
+
+def _pahole_size(vmlinux: Path, struct: str) -> int:
+    r = subprocess.run(["pahole", "-C", struct, str(vmlinux)], capture_output=True, text=True, timeout=300)
+    m = re.search(r"/\* size: (\d+),", r.stdout)
+    assert m, (r.stdout[-500:], r.stderr)
+    return int(m.group(1))
+
+
+def test_size_command_agrees_with_pahole(tiny61):
+    if shutil.which("pahole") is None:
+        pytest.skip("pahole not installed (Debian package dwarves)")
+    r = run_cli("size", "--format", "json", "-s", "kvm_vcpu", "-s", "kvm_cpu_context", str(tiny61.vmlinux))
+    assert r.returncode == 0, r.stderr
+    data = json.loads(r.stdout)
+    assert data["schema_version"] == 1
+    structs = {s["name"]: s for t in data["targets"] for s in t["structs"]}
+    for name in ("kvm_vcpu", "kvm_cpu_context"):
+        assert structs[name]["size"] == _pahole_size(tiny61.vmlinux, name), name
+        assert structs[name]["size"] > 0
+
+
+def test_cached_build_is_reused(tiny61):
+    t0 = time.monotonic()
+    again = kb.cached_build(build_cache.debian_source_tarball("6.1"), "pkvm-tiny")
+    assert again.out == tiny61.out
+    assert time.monotonic() - t0 < 30
+
+
+def test_build_key_depends_on_config_and_patches(tmp_path, src61):
+    tarball = build_cache.debian_source_tarball("6.1")
+    build_cache.require_cross_compiler()
+    k1, _ = kb.build_key(tarball, "pkvm-tiny")
+    k2, _ = kb.build_key(tarball, "defconfig")
+    p = _leak_patch(src61.dir, tmp_path / "leak.patch")
+    k3, _ = kb.build_key(tarball, "pkvm-tiny", [p])
+    assert len({k1, k2, k3}) == 3
+    assert kb.build_key(tarball, "pkvm-tiny")[0] == k1
+
+
+# --------------------------------------------------------------------------- patches
+
+
+def test_patch_applies_to_a_copy_only(tmp_path, src61):
+    original = (src61.dir / HYP_FILE).read_text()
+    patch = _leak_patch(src61.dir, tmp_path / "leak.patch")
+    tree = kb.prepare_tree(src61, [patch])
+    assert tree != src61.dir
+    assert INJECTED in (tree / HYP_FILE).read_text()
+    assert INJECTED not in (src61.dir / HYP_FILE).read_text()
+    assert (src61.dir / HYP_FILE).read_text() == original
+    assert not list(src61.dir.glob("arch/arm64/kvm/hyp/nvhe/*.orig"))
+    assert not list(src61.dir.glob("arch/arm64/kvm/hyp/nvhe/*.rej"))
+    assert kb.prepare_tree(src61, [patch]) == tree  # reused
+
+
+@pytest.mark.slow
+def test_patched_build_has_injected_function(tmp_path, src61, tiny61):
+    patch = _leak_patch(src61.dir, tmp_path / "leak.patch")
+    k = build_cache.pkvm_tiny_61([patch])
+    assert k.out != tiny61.out and k.source_dir != src61.dir
+    from elftools.elf.elffile import ELFFile
+
+    with open(k.kvm_nvhe_o, "rb") as f:
+        names = {s.name for s in ELFFile(f).get_section_by_name(".symtab").iter_symbols()}
+    assert f"__kvm_nvhe_{INJECTED}" in names
+    entries = json.loads(k.compile_commands.read_text())
+    assert any(e["file"] == str(k.source_dir / HYP_FILE) for e in entries)
+    assert INJECTED not in (src61.dir / HYP_FILE).read_text()
+
+
+# --------------------------------------------------------------------------- errors: exit 2, one line
+
+
+def test_bad_source_dir(tmp_path):
+    (tmp_path / "Makefile").write_text("all:\n")
+    r = run_cli("kernel", "build", str(tmp_path), "--out", str(tmp_path / "out"))
+    _one_line_error(r, str(tmp_path), "not a Linux kernel source tree")
+    r = run_cli("kernel", "build", str(tmp_path / "nope"), "--out", str(tmp_path / "out"))
+    _one_line_error(r, "no such file or directory")
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_cross_compiler(tmp_path, src61):
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    for prog in ("make", "flex", "bison", "bc", "perl", "python3", "tar", "patch", "sh", "git"):
+        path = shutil.which(prog)
+        if path:
+            os.symlink(path, bindir / prog)
+    env = {"PATH": str(bindir)}
+    r = run_cli("kernel", "build", str(src61.dir), "--out", str(tmp_path / "out"), env=env)
+    _one_line_error(r, "aarch64-linux-gnu-gcc not found", "gcc-aarch64-linux-gnu")
+    old = os.environ["PATH"]
+    try:
+        os.environ["PATH"] = str(bindir)
+        with pytest.raises(ToolMissing) as e:
+            kb.build_kernel(src61.dir, tmp_path / "out")
+        assert e.value.program == "aarch64-linux-gnu-gcc"
+    finally:
+        os.environ["PATH"] = old
+
+
+def test_missing_llvm(tmp_path, src61, monkeypatch):
+    if shutil.which("clang"):
+        pytest.skip("clang is installed")
+    with pytest.raises(ToolMissing, match="clang"):
+        kb.build_kernel(src61.dir, tmp_path / "out", llvm=True)
+
+
+def test_failing_patch(tmp_path, src61):
+    build_cache.require_cross_compiler()
+    patch = _bad_patch(src61.dir, tmp_path / "bad.patch")
+    with pytest.raises(kb.PatchFailed, match="does not apply"):
+        kb.prepare_tree(src61, [patch])
+    before = set(kb.cache_dir("trees").iterdir())
+    r = run_cli("kernel", "build", str(src61.dir), "--out", str(tmp_path / "out"), "--patch", str(patch))
+    line = _one_line_error(r, "bad.patch", "does not apply")
+    assert "FAILED" in line or "Hunk" in line
+    assert set(kb.cache_dir("trees").iterdir()) == before  # nothing half-patched left behind
+    assert "added" not in (src61.dir / HYP_FILE).read_text()
+    with pytest.raises(kb.PatchFailed):
+        kb.build_kernel(src61.dir, tmp_path / "out", patches=[patch])
+
+
+def test_missing_patch_file(tmp_path, src61):
+    build_cache.require_cross_compiler()
+    r = run_cli("kernel", "build", str(src61.dir), "--out", str(tmp_path / "out"),
+                "--patch", str(tmp_path / "nope.patch"))
+    _one_line_error(r, "nope.patch", "no such patch file")
+
+
+def test_out_inside_source_refused(src61):
+    build_cache.require_cross_compiler()
+    with pytest.raises(ScopecheckError, match="inside the source tree"):
+        kb.build_kernel(src61.dir, src61.dir / "out")
+    assert not (src61.dir / "out").exists()
+
+
+def test_unknown_config(tmp_path, src61):
+    build_cache.require_cross_compiler()
+    r = run_cli("kernel", "build", str(src61.dir), "--out", str(tmp_path / "out"), "--config", "hugeconfig")
+    _one_line_error(r, "hugeconfig", "pkvm-tiny")
+
+
+# --------------------------------------------------------------------------- pure helpers
+
+
+def test_first_error_prefers_compiler_error():
+    lines = [
+        "  CC      arch/arm64/kvm/hyp/nvhe/switch.nvhe.o",
+        "make[4]: *** [scripts/Makefile.build:250: foo.o] Error 1",
+        "/src/arch/arm64/kvm/hyp/nvhe/switch.c:12:5: error: 'x' undeclared (first use in this function)",
+        "/src/arch/arm64/kvm/hyp/nvhe/hyp-main.c:3:1: error: second",
+    ]
+    assert kb.first_error(lines) == lines[2]
+    assert kb.first_error(lines[:2]) == lines[1]
+    assert kb.first_error(["  CC foo.o"]) is None
+
+
+def test_unapplied_options_are_named():
+    requested = kb._parse_config("CONFIG_KVM=y\n# CONFIG_DEBUG_INFO_REDUCED is not set\nCONFIG_FOO=m\n")
+    final = kb._parse_config("CONFIG_DEBUG_INFO_REDUCED=y\nCONFIG_FOO=m\n")
+    bad = kb._unapplied(requested, final)
+    assert bad == ["CONFIG_KVM (wanted y, got not set)", "CONFIG_DEBUG_INFO_REDUCED (wanted not set, got y)"]
+
+
+def test_btf_section_can_be_stripped():
+    text = kb.fragment_text("pkvm-tiny")
+    assert "CONFIG_DEBUG_INFO_BTF=y" in text
+    stripped = kb._strip_btf(text)
+    assert "CONFIG_DEBUG_INFO_BTF=y" not in stripped and "CONFIG_BPF_SYSCALL" not in stripped
+    assert "CONFIG_KVM=y" in stripped
