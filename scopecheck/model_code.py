@@ -159,3 +159,117 @@ class HypFacts:
     def to_dict(self) -> dict:
         return {"path": self.path, "cus": self.cus, "functions": [f.to_dict() for f in self.functions],
                 "inlined": [i.to_dict() for i in self.inlined], "edges": [e.to_dict() for e in self.edges]}
+
+
+# ---------------------------------------------------------------- field accesses
+#
+# Produced by both doors: the source door (libclang on compile_commands.json, and
+# asm-offsets constants in .S files) and the binary door (loads and stores through
+# registers known to hold a root-struct pointer). The graph/query layer merges them.
+
+ACCESS_KINDS = ("read", "write", "rw", "addr")  # addr: the address is taken (&vcpu->arch.ctxt)
+ORIGINS = ("source", "asm", "binary")
+
+
+@dataclass(slots=True)
+class FieldAccess:
+    """One access to a field of a root struct, e.g. ``kvm_vcpu: arch.ctxt.regs.pc`` (write).
+
+    ``path`` uses C spelling from the root, with ``[N]`` for constant indexes and
+    ``[*]`` for variable ones; members of anonymous structs/unions are named as in C.
+    ``function`` is the key of the function whose *source* holds the access (for an
+    access inside a static inline, the inline function itself); ``file``/``line``/``col``
+    locate the access (for a macro, the line where the macro is expanded).
+    """
+
+    root: str
+    path: str
+    access: str
+    function: FuncKey
+    file: str | None
+    line: int | None
+    col: int | None = None
+    origin: str = "source"
+    offset: int | None = None  # byte offset from the root, when known
+    size: int | None = None
+    via: str | None = None  # macro, alias variable, asm-offsets constant or register
+
+    def to_dict(self) -> dict:
+        return {"root": self.root, "path": self.path, "access": self.access,
+                "function": list(self.function), "file": self.file, "line": self.line, "col": self.col,
+                "origin": self.origin, "offset": self.offset, "size": self.size, "via": self.via}
+
+
+@dataclass(slots=True)
+class Escalation:
+    """A pointer to a smaller root turned into a pointer to a bigger one (container_of, cast)."""
+
+    from_root: str  # e.g. kvm_cpu_context
+    to_root: str  # e.g. kvm_vcpu
+    function: FuncKey
+    file: str | None
+    line: int | None
+    col: int | None = None
+    origin: str = "source"
+    via: str | None = None  # "container_of", "cast", ...
+
+    def to_dict(self) -> dict:
+        return {"from_root": self.from_root, "to_root": self.to_root, "function": list(self.function),
+                "file": self.file, "line": self.line, "col": self.col, "origin": self.origin, "via": self.via}
+
+
+@dataclass(slots=True)
+class SourceCall:
+    """A call in a function's source: direct (callee named) or through a pointer of ``target_type``."""
+
+    caller: FuncKey
+    callee: str | None
+    file: str | None
+    line: int | None
+    col: int | None = None
+    indirect: bool = False
+    target_type: str | None = None  # canonical function type of the pointer, e.g. "void (struct kvm_cpu_context *)"
+    via: str | None = None  # expression or table name for an indirect call
+
+
+@dataclass(slots=True)
+class SourceFunction:
+    """A function definition seen in the source (C, including static inlines in headers)."""
+
+    name: str
+    file: str
+    line: int
+    col: int | None = None
+    is_static: bool = False
+    is_inline: bool = False
+    type: str | None = None  # canonical function type, for matching indirect calls
+    params: tuple = ()  # ((name, type spelling), ...)
+
+    @property
+    def key(self) -> FuncKey:
+        return (self.name, self.file, self.line)
+
+
+@dataclass(slots=True)
+class AddressTaken:
+    """A function whose address is taken in source: a table initialiser or an assignment."""
+
+    function: str
+    file: str | None
+    line: int | None
+    type: str | None = None  # canonical function type
+    where: str | None = None  # the table or variable that stores it (host_hcall, ...)
+    in_function: FuncKey | None = None  # None at file scope
+
+
+@dataclass(slots=True)
+class SourceFacts:
+    """Everything the source door learned about a set of translation units."""
+
+    functions: list[SourceFunction] = field(default_factory=list)
+    accesses: list[FieldAccess] = field(default_factory=list)
+    escalations: list[Escalation] = field(default_factory=list)
+    calls: list[SourceCall] = field(default_factory=list)
+    address_taken: list[AddressTaken] = field(default_factory=list)
+    diagnostics: list[str] = field(default_factory=list)  # parse errors, skipped files
+    files: list[str] = field(default_factory=list)  # translation units / asm files read
