@@ -216,6 +216,7 @@ def test_patched_build_has_injected_function(tmp_path, src61, tiny61):
     assert f"__kvm_nvhe_{INJECTED}" in names
     entries = json.loads(k.compile_commands.read_text())
     assert any(e["file"] == str(k.source_dir / HYP_FILE) for e in entries)
+    assert INJECTED in (k.source_dir / HYP_FILE).read_text()
     assert INJECTED not in (src61.dir / HYP_FILE).read_text()
 
 
@@ -321,3 +322,38 @@ def test_btf_section_can_be_stripped():
     stripped = kb._strip_btf(text)
     assert "CONFIG_DEBUG_INFO_BTF=y" not in stripped and "CONFIG_BPF_SYSCALL" not in stripped
     assert "CONFIG_KVM=y" in stripped
+
+
+def test_failed_step_quotes_first_error(tmp_path):
+    log = tmp_path / "build.log"
+    run = kb._Runner(log, dict(os.environ), None)
+    script = ("echo '  CC      arch/arm64/kvm/hyp/nvhe/switch.nvhe.o'; "
+              "echo '/src/arch/arm64/kvm/hyp/nvhe/switch.c:7:3: error: expected ; before }'; "
+              "echo 'make[1]: *** [Makefile:1] Error 1'; exit 2")
+    with pytest.raises(kb.BuildFailed) as e:
+        run.run("build", ["sh", "-c", script], tmp_path)
+    run.close()
+    msg = str(e.value)
+    assert "\n" not in msg
+    assert "switch.c:7:3: error: expected ; before }" in msg and str(log) in msg
+    assert "Error 1" in log.read_text()
+
+
+def test_defconfig_config_step(tmp_path, src61):
+    """--config defconfig: make defconfig + the debug overlay; the key options stick (no full build)."""
+    build_cache.require_cross_compiler()
+    make_vars, _ = kb._toolchain(False)
+    out = tmp_path / "out"
+    out.mkdir()
+    run = kb._Runner(out / kb.LOG, dict(os.environ, LC_ALL="C"), None)
+    try:
+        kb._configure(run, src61.dir, out, ["make", "-C", str(src61.dir), f"O={out}", *make_vars],
+                      "defconfig", None, btf=True)
+    except kb._NoBTF:
+        pass
+    finally:
+        run.close()
+    cfg = kb._parse_config((out / ".config").read_text())
+    for opt in ("CONFIG_KVM", "CONFIG_DEBUG_INFO_DWARF5", "CONFIG_ARM64", "CONFIG_PCI"):
+        assert cfg.get(opt) == "y", opt
+    assert cfg.get("CONFIG_DEBUG_INFO_REDUCED", "n") == "n"

@@ -220,6 +220,8 @@ def load_build(out: os.PathLike | str) -> Optional[BuiltKernel]:
         return None
     if not all(p.exists() for p in k.artefacts.values()):
         return None
+    if not (k.source_dir / "Makefile").is_file():  # e.g. a patched copy removed from the cache
+        return None
     return k
 
 
