@@ -220,8 +220,12 @@ def build_cmd(
         ),
     ],
     out: Annotated[
-        _Path, typer.Option("--out", "-o", help="Build directory (make O=OUT); created if needed.", show_default=False)
-    ],
+        Optional[_Path],
+        typer.Option("--out", "-o", show_default=False,
+                     help="Build directory (make O=OUT); created if needed. Without --out the build goes to "
+                     "scopecheck's build cache, keyed by source, config, patches and toolchain, and a "
+                     "completed build there is reused."),
+    ] = None,
     config: Annotated[
         str,
         typer.Option(
@@ -256,8 +260,12 @@ def build_cmd(
 
     The full log is kept in OUT/scopecheck-build.log; a failure quotes the first compiler error.
     """
-    from scopecheck.kernels.build import StderrBuildProgress, build_kernel, print_result
+    from scopecheck.kernels.build import StderrBuildProgress, build_kernel, cached_build, print_result
 
     with StderrBuildProgress(quiet) as progress:
-        k = build_kernel(src, out, config=config, jobs=jobs, patches=patch or (), llvm=llvm, progress=progress)
+        if out is None:
+            k = cached_build(src, config, patch or (), jobs=jobs, llvm=llvm, progress=progress)
+        else:
+            k = build_kernel(src, out, config=config, jobs=jobs, patches=patch or (), llvm=llvm,
+                             progress=progress)
     print_result(k, output_format is OutputFormat.json)

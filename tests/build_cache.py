@@ -19,7 +19,9 @@ the test; any other failure is an error.
 from __future__ import annotations
 
 import functools
+import json
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -27,14 +29,7 @@ from typing import Sequence
 import pytest
 
 from scopecheck.errors import ToolMissing
-from scopecheck.kernels.build import BuiltKernel, SourceTree, cached_build, resolve_source
-
-
-def _progress(stage, done, total):  # visible with pytest -s; one line per stage
-    head = stage.split(":", 1)[0]
-    if getattr(_progress, "last", None) != head:
-        _progress.last = head
-        print(f"[build_cache] {stage}", file=sys.stderr, flush=True)
+from scopecheck.kernels.build import BuiltKernel, SourceTree, load_build, resolve_source
 
 
 @functools.cache
@@ -61,8 +56,18 @@ def require_cross_compiler() -> None:
 
 @functools.cache
 def _build(series: str, config: str, patches: tuple[str, ...]) -> BuiltKernel:
+    """Build through the CLI, as a user would (`scopecheck kernel build SRC` without --out uses the cache)."""
     require_cross_compiler()
-    return cached_build(debian_source_tarball(series), config, patches, progress=_progress)
+    args = [sys.executable, "-m", "scopecheck", "kernel", "build", str(debian_source_tarball(series)),
+            "--config", config, "--format", "json"]
+    for p in patches:
+        args += ["--patch", p]
+    r = subprocess.run(args, stdout=subprocess.PIPE, stderr=None, text=True, timeout=3600)
+    if r.returncode != 0:
+        raise RuntimeError(f"scopecheck kernel build failed (exit {r.returncode}); see stderr above")
+    k = load_build(json.loads(r.stdout)["out"])
+    assert k is not None, "kernel build printed a directory without a completed build"
+    return k
 
 
 def pkvm_tiny_61(patches: Sequence[str | Path] = ()) -> BuiltKernel:
