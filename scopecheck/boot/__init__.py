@@ -45,7 +45,7 @@ class BootReport:
     image: str
     vmlinux: Optional[str]
     mode: str
-    status: str                      # completed | kvm-unavailable | panic | timeout | exited-early
+    status: str  # completed | kvm-unavailable | panic | timeout | no-output | exited-early
     checks: list[Check]
     seconds: float
     timings: dict[str, Optional[float]]
@@ -79,6 +79,8 @@ class BootReport:
 
 
 def _status(run: QemuRun) -> str:
+    if not run.console:
+        return "no-output"
     if run.panicked:
         return "panic"
     if run.timed_out:

@@ -60,7 +60,7 @@ def hyp_check(run: QemuRun, mode: str) -> Check:
     detail = f"no '{want}' on the console"
     if not run.console:
         detail += "; the kernel printed nothing (wrong or corrupted image?)"
-    elif not ev and (run.panicked or run.timed_out):
+    elif run.panicked or run.timed_out:
         detail += "; " + _why_not_reached(run, "KVM initialisation")
     return Check("hyp-initialised", False, ev, detail)
 

@@ -60,4 +60,32 @@ def check_image(path: Path) -> str:
             raise WrongArchitecture(f"{p}: not an arm64 kernel Image{hint}")
         raise InputError(f"{p}: not an arm64 kernel Image (no 'ARM\\x64' magic at offset 0x38){hint}")
     size = p.stat().st_size
+    if what == "Image":
+        _check_pe_size(p, size)
     return f"arm64 {what}, {size / 1e6:.1f} MB"
+
+
+def _check_pe_size(p: Path, size: int) -> None:
+    """An Image with the EFI stub carries a PE/COFF header: its sections say how long the file must be."""
+    import struct
+
+    with open(p, "rb") as f:
+        head = f.read(4096)
+    if head[:2] != b"MZ" or len(head) < 0x40:
+        return
+    pe = struct.unpack_from("<I", head, 0x3C)[0]
+    if pe + 24 > len(head) or head[pe:pe + 4] != b"PE\0\0":
+        return
+    nsec = struct.unpack_from("<H", head, pe + 6)[0]
+    opt_size = struct.unpack_from("<H", head, pe + 20)[0]
+    sec = pe + 24 + opt_size
+    need = 0
+    for i in range(nsec):
+        o = sec + 40 * i
+        if o + 40 > len(head):
+            return
+        raw_size, raw_ptr = struct.unpack_from("<II", head, o + 16)
+        need = max(need, raw_ptr + raw_size)
+    if need > size:
+        raise InputError(f"{p}: truncated or corrupted arm64 Image: its PE/COFF header needs {need} bytes, "
+                         f"the file has {size}")
