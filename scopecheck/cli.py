@@ -91,12 +91,133 @@ def size(
         raise typer.Exit(1)
 
 
+class ProofFormat(str, Enum):
+    text = "text"
+    json = "json"
+    sarif = "sarif"
+    dot = "dot"
+    graphml = "graphml"
+
+
+class DeriveFormat(str, Enum):
+    c = "c"
+    json = "json"
+
+
+def _progress(quiet: bool):
+    """A rich spinner on stderr (only on a terminal); returns (context manager, step callback)."""
+    import contextlib
+
+    if quiet or not sys.stderr.isatty():
+        return contextlib.nullcontext(), None
+    from rich.console import Console
+
+    status = Console(stderr=True).status("scopecheck")
+    return status, lambda msg: status.update(msg)
+
+
+def _emit(text: str, output: Optional[Path]) -> None:
+    if output is None:
+        sys.stdout.write(text)
+    else:
+        from scopecheck.paths import atomic_write_text
+
+        atomic_write_text(output, text)
+
+
+_TARGET_HELP = ("A kernel build directory (O=) with vmlinux or arch/arm64/kvm/hyp/nvhe/kvm_nvhe.o and "
+                "compile_commands.json, a kvm_nvhe.o, or a bare vmlinux (binary-only). "
+                "Default: the embedded mini-hyp fixture.")
+
+
+def _prove(target, source, query, binary_only, entry, baseline, cache, quiet):
+    from scopecheck import targets as tg
+    from scopecheck.proof import prove
+
+    if target is None:
+        target = tg.DEFAULT_FIXTURE.parent
+    base = None
+    if baseline is not None:
+        from scopecheck.output.proof import baseline_fingerprints
+
+        if not baseline.is_file():
+            raise ScopecheckError(f"{baseline}: no such baseline file")
+        base = baseline_fingerprints(baseline.read_text(), str(baseline))
+    ctx, step = _progress(quiet)
+    with ctx:
+        return prove(target, source, query, binary_only=binary_only, entry_points=entry or None,
+                     baseline=base, use_cache=cache, progress=step)
+
+
+@app.command()
+def callgraph(
+    target: Optional[Path] = typer.Argument(None, metavar="[TARGET]", help=_TARGET_HELP),
+    source: Optional[Path] = typer.Option(
+        None, "--source", metavar="SRC",
+        help="Kernel source tree. Default: the 'source' link in the build directory, or the build "
+             "directory itself for in-tree builds."),
+    query: str = typer.Option("rfc-hyp-scope", "--query", metavar="ID_OR_PATH",
+                              help="Query id from queries/ (rfc-hyp-scope, ctxt-only, pkvm-hyp-vcpu) or a .toml path."),
+    fmt: ProofFormat = typer.Option(ProofFormat.text, "--format", "-f",
+                                    help="text, json (schema_version, leaks, footprint, unresolved_calls), "
+                                         "sarif (2.1.0), dot or graphml (the call graph)."),
+    fail_on_leak: bool = typer.Option(False, "--fail-on-leak", help="Exit 1 when a leak (not in --baseline) is found."),
+    baseline: Optional[Path] = typer.Option(None, "--baseline", metavar="FILE",
+                                            help="A previous --format json or sarif output: its leaks do not fail the gate."),
+    entry: Optional[List[str]] = typer.Option(None, "--entry", metavar="FUNC",
+                                              help="Start call chains at this hyp function (repeatable). "
+                                                   "Default: the query's entry points, else every assembly entry."),
+    binary_only: bool = typer.Option(False, "--binary-only", help="Ignore the source even when it is there."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", metavar="FILE",
+                                          help="Write the output to FILE (atomically) instead of stdout."),
+    cache: bool = typer.Option(True, "--cache/--no-cache", help="Use the layout and source caches."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress on stderr."),
+) -> None:
+    """Call graph of nVHE hyp code, field accesses per function, and leaks against a query."""
+    from scopecheck.output import proof as out
+
+    r = _prove(target, source, query, binary_only, entry, baseline, cache, quiet)
+    render = {ProofFormat.text: out.text, ProofFormat.json: out.to_json, ProofFormat.sarif: out.to_sarif,
+              ProofFormat.dot: out.to_dot, ProofFormat.graphml: out.to_graphml}[fmt]
+    _emit(render(r), output)
+    if fail_on_leak and r.gating_leaks:
+        raise typer.Exit(1)
+
+
+@app.command()
+def derive(
+    target: Optional[Path] = typer.Argument(None, metavar="[TARGET]", help=_TARGET_HELP),
+    source: Optional[Path] = typer.Option(None, "--source", metavar="SRC", help="Kernel source tree (as for callgraph)."),
+    binary_only: bool = typer.Option(False, "--binary-only", help="Ignore the source even when it is there."),
+    fmt: DeriveFormat = typer.Option(DeriveFormat.c, "--format", "-f", help="c (a struct definition) or json."),
+    cache: bool = typer.Option(True, "--cache/--no-cache", help="Use the layout and source caches."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress on stderr."),
+) -> None:
+    """The minimal hyp state: a struct vcpu_hyp_state of the kvm_vcpu fields hyp touches outside kvm_cpu_context."""
+    import json as _json
+
+    from scopecheck.derive import derive as _derive, to_c
+    from scopecheck.layout import load_layouts
+
+    r = _prove(target, source, "rfc-hyp-scope", binary_only, None, None, cache, quiet)
+    lays = load_layouts(r.inputs.elf, ["kvm_vcpu", "kvm_cpu_context"], use_cache=cache)
+    if lays.get("kvm_cpu_context") is None:
+        raise ScopecheckError(f"{r.inputs.elf}: struct kvm_cpu_context not found in DWARF")
+    d = _derive(r.footprint, lays["kvm_vcpu"], lays["kvm_cpu_context"], str(r.inputs.elf))
+    sys.stdout.write(to_c(d) if fmt is DeriveFormat.c else _json.dumps(d.to_dict(), indent=2) + "\n")
+
+
 def _add_subapps() -> None:
     try:
         from scopecheck.cli_kernel import kernel_app
     except ImportError:
         return
     app.add_typer(kernel_app, name="kernel")
+    try:
+        from scopecheck.cli_boot import boot_cmd
+    except ImportError:
+        return
+    app.command("boot")(boot_cmd)
 
 
 _add_subapps()

@@ -51,7 +51,7 @@ def table(reports: list[SizeReport]) -> str:
     return "\n".join(out)
 
 
-def _decl(type_name: str, name: str) -> str:
+def c_declarator(type_name: str, name: str) -> str:
     """C declarator: ``u64 regs[31]``, ``struct kvm *kvm``."""
     base, sep, dims = type_name.partition("[")
     dims = sep + dims
@@ -84,7 +84,7 @@ def expanded(reports: list[SizeReport]) -> str:
                 rec(m.members, depth + 1)
                 out.append(line(ind, f"}} {name}{dims};", m))
             else:
-                out.append(line(ind, _decl(m.type_name, name) + f"{bits};", m))
+                out.append(line(ind, c_declarator(m.type_name, name) + f"{bits};", m))
 
     for rep in reports:
         for n, lay in rep.layouts.items():

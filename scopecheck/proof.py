@@ -1,0 +1,383 @@
+"""The scope proof as a library call: facts from both doors, the graph, the judgement.
+
+    from scopecheck.proof import prove
+    result = prove("build-6.1", query="rfc-hyp-scope")
+    result.leaks, result.footprint, result.unresolved
+
+With a build directory and its source tree the source door (libclang on
+compile_commands.json, asm-offsets constants in hyp .S files) supplies accesses with
+file:line:col; the binary door supplies functions, call edges and, for what the source
+cannot show, loads and stores. A bare vmlinux runs binary-only, and the result says what
+that cannot see.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from scopecheck.errors import InputError
+from scopecheck.graph import HypGraph, build_graph, norm_file, norm_key
+from scopecheck.model_code import Escalation, FieldAccess, FuncKey
+from scopecheck.query import Query, canonical, load_query
+
+SCHEMA_VERSION = 1
+ROOTS = ("kvm_vcpu", "kvm_vcpu_arch", "kvm_cpu_context", "vcpu_hyp_state", "pkvm_hyp_vcpu")
+NVHE_DIR = "arch/arm64/kvm/hyp/nvhe/"
+
+BINARY_ONLY_LIMITS = (
+    "binary-only: field accesses come from loads and stores through registers that DWARF says hold "
+    "a vcpu pointer; accesses through pointers DWARF does not track, and fields only passed by address, "
+    "are not seen",
+    "binary-only: file:line comes from the line table (inlined code is attributed to the inlined function)",
+    "binary-only: indirect calls are resolved through function tables found in the binary only",
+)
+
+
+@dataclass(slots=True)
+class Inputs:
+    """What a TARGET (and --source) resolve to."""
+
+    elf: Path
+    build_dir: Path | None
+    source_root: Path | None
+    compdb: Path | None
+    asm_offsets: Path | None
+
+
+@dataclass(slots=True)
+class Leak:
+    query: str
+    root: str
+    field: str
+    access: str
+    size: int | None
+    offset: int | None
+    function: str
+    function_key: FuncKey
+    file: str | None
+    line: int | None
+    col: int | None
+    origin: str
+    via: str | None
+    chain: list[str]
+    kind: str = "field"  # field | escalation
+    baselined: bool = False
+
+    @property
+    def fingerprint(self) -> str:
+        ident = f"{self.query}|{self.function}|{self.function_key[1]}|{self.root}:{self.field}|{self.kind}"
+        return hashlib.sha256(ident.encode()).hexdigest()[:32]
+
+    def to_dict(self) -> dict:
+        return {"query": self.query, "kind": self.kind, "root": self.root, "field": self.field,
+                "access": self.access, "bytes": self.size, "offset": self.offset,
+                "function": self.function, "file": self.file, "line": self.line, "col": self.col,
+                "origin": self.origin, "via": self.via, "chain": self.chain,
+                "fingerprint": self.fingerprint, "baselined": self.baselined}
+
+
+@dataclass(slots=True)
+class ProofResult:
+    query: Query
+    inputs: Inputs
+    mode: str  # "source+binary" or "binary-only"
+    limitations: list[str]
+    graph: HypGraph
+    accesses: list[FieldAccess]  # canonical root/path, code in the binary
+    leaks: list[Leak]
+    footprint: dict  # "root:path" -> {...}
+    unresolved: list[dict]
+    stats: dict = field(default_factory=dict)
+    diagnostics: list[str] = field(default_factory=list)
+
+    @property
+    def gating_leaks(self) -> list[Leak]:
+        return [l for l in self.leaks if not l.baselined]
+
+
+# ---------------------------------------------------------------- inputs
+
+def resolve_inputs(target: str | os.PathLike, source: str | os.PathLike | None = None,
+                   binary_only: bool = False) -> Inputs:
+    t = Path(target)
+    if not t.exists():
+        raise InputError(f"{t}: no such file or directory")
+    build_dir = None
+    if t.is_dir():
+        build_dir = t
+        cands = [t / "vmlinux", t / NVHE_DIR / "kvm_nvhe.o", t / "kvm_nvhe.o"]
+        elf = next((c for c in cands if c.is_file()), None)
+        if elf is None:
+            raise InputError(f"{t}: not a kernel build directory (no vmlinux, no {NVHE_DIR}kvm_nvhe.o)")
+    else:
+        elf = t
+        # a kvm_nvhe.o inside a build tree: find the build dir
+        parts = t.resolve().parts
+        if t.name == "kvm_nvhe.o" and len(parts) > 6 and "/".join(parts[-6:-1]) == NVHE_DIR.strip("/"):
+            build_dir = Path(*parts[:-6])
+        elif (t.parent / "compile_commands.json").is_file():
+            build_dir = t.parent
+    if binary_only:
+        return Inputs(elf, build_dir, None, None, None)
+    compdb = None
+    src_root = Path(source) if source else None
+    if src_root is not None and not src_root.is_dir():
+        raise InputError(f"{src_root}: --source is not a directory")
+    if build_dir is not None:
+        c = build_dir / "compile_commands.json"
+        compdb = c if c.is_file() else None
+        if src_root is None:
+            link = build_dir / "source"
+            src_root = link.resolve() if link.exists() else (build_dir if (build_dir / "Kconfig").is_file()
+                                                               else None)
+        if compdb is None and src_root is not None and (src_root / "scripts/clang-tools").is_dir():
+            compdb = _make_compdb(src_root, build_dir)
+    if compdb is None and source is not None:
+        raise InputError(f"no compile_commands.json in {build_dir or t.parent}; "
+                         "build with `scopecheck kernel build` or run scripts/clang-tools/gen_compile_commands.py")
+    offs = None
+    if build_dir is not None:
+        for c in (build_dir / "include/generated/asm-offsets.h", build_dir / "offsets.h"):
+            if c.is_file():
+                offs = c
+                break
+    if compdb is not None and src_root is None:
+        src_root = compdb.parent
+    return Inputs(elf, build_dir, src_root, compdb, offs)
+
+
+def _make_compdb(src: Path, out: Path) -> Path | None:
+    import subprocess
+    import sys
+
+    script = src / "scripts/clang-tools/gen_compile_commands.py"
+    dest = out / "compile_commands.json"
+    try:
+        subprocess.run([sys.executable, str(script), "-d", str(out), "-o", str(dest)], check=True,
+                       capture_output=True, timeout=300)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return dest if dest.is_file() else None
+
+
+# ---------------------------------------------------------------- the proof
+
+def prove(target, source=None, query: str | Query = "rfc-hyp-scope", *, binary_only: bool = False,
+          entry_points: list[str] | None = None, baseline: set[str] | None = None,
+          use_cache: bool = True, progress=None) -> ProofResult:
+    q = query if isinstance(query, Query) else load_query(query)
+    inp = resolve_inputs(target, source, binary_only)
+    step = progress or (lambda msg: None)
+
+    from scopecheck.binary.elf import ElfImage
+    from scopecheck.binary.functions import hyp_functions
+    from scopecheck.layout import load_layouts
+
+    step("reading hyp functions from the binary")
+    with ElfImage(inp.elf) as elf:
+        elf.require_dwarf()
+        facts = hyp_functions(elf)
+    if not facts.functions:
+        raise InputError(f"{inp.elf}: no nVHE hyp code found (no __kvm_nvhe_ functions with DWARF)")
+    layouts = {k: v for k, v in load_layouts(inp.elf, ROOTS, use_cache=use_cache).items() if v}
+    if "kvm_vcpu" not in layouts:
+        raise InputError(f"{inp.elf}: struct kvm_vcpu not found in DWARF")
+
+    src_facts = None
+    diagnostics: list[str] = []
+    root_str = str(inp.source_root) if inp.source_root else None
+    if inp.compdb is not None:
+        step("reading hyp source with libclang")
+        src_facts = _source_facts(inp, use_cache, progress)
+        diagnostics.extend(src_facts.diagnostics)
+    mode = "source+binary" if src_facts is not None else "binary-only"
+    limits = [] if src_facts is not None else list(BINARY_ONLY_LIMITS)
+
+    step("building the call graph")
+    g = build_graph(facts, src_facts, root_str, entry_points or q.entry_points or None)
+
+    accesses: list[FieldAccess] = []
+    escalations: list[Escalation] = []
+    dropped_not_in_binary = 0
+    if src_facts is not None:
+        for a in src_facts.accesses:
+            k = g.map_key(norm_key(a.function, root_str))
+            if k is None:
+                dropped_not_in_binary += 1
+                continue
+            accesses.append(_with(a, function=k, file=norm_file(a.file, root_str)))
+        for e in src_facts.escalations:
+            k = g.map_key(norm_key(e.function, root_str))
+            if k is not None:
+                escalations.append(Escalation(e.from_root, e.to_root, k, norm_file(e.file, root_str), e.line,
+                                              e.col, e.origin, e.via))
+    # the binary: everything in binary-only mode; with source, only functions the source did not cover
+    step("reading loads and stores of vcpu fields from the machine code")
+    from scopecheck.binary.accesses import binary_accesses
+
+    b_acc, b_esc, b_stats = binary_accesses(inp.elf, facts)
+    covered = {a.function for a in accesses} | ({g.map_key(norm_key(f.key, root_str)) for f in src_facts.functions}
+                                                 if src_facts is not None else set())
+    for a in b_acc:
+        k = norm_key(a.function, root_str)
+        if src_facts is None or k not in covered:
+            accesses.append(_with(a, function=k, file=norm_file(a.file, root_str)))
+    for e in b_esc:
+        k = norm_key(e.function, root_str)
+        if src_facts is None or k not in covered:
+            escalations.append(Escalation(e.from_root, e.to_root, k, norm_file(e.file, root_str), e.line, e.col,
+                                          e.origin, e.via))
+
+    # canonical roots, offsets and sizes
+    canon: list[tuple[FieldAccess, str]] = []  # (access with canonical root/path, original root)
+    for a in accesses:
+        root, path = canonical(a.root, a.path)
+        off, size = _offset_size(layouts, root, path, a)
+        canon.append((_with(a, root=root, path=path, offset=off, size=size), a.root))
+
+    judged_funcs = _applicable_functions(q, src_facts, g, root_str)
+    leaks: list[Leak] = []
+    for a, orig_root in canon:
+        if not a.path or not q.judges_root(orig_root):
+            continue
+        if judged_funcs is not None and a.function not in judged_funcs:
+            continue
+        verdict = q.is_allowed(a.root, a.path)
+        if verdict is False:
+            leaks.append(_leak(q, g, a, "field"))
+    if q.escalations:
+        for e in escalations:
+            if judged_funcs is not None and e.function not in judged_funcs:
+                continue
+            if q.is_allowed(e.to_root, "") is True and q.allowed_prefixes(e.to_root) in (["*"], [""]):
+                continue
+            acc = FieldAccess(root=e.from_root, path=f"<container_of to {e.to_root}>", access="escalation",
+                              function=e.function, file=e.file, line=e.line, col=e.col, origin=e.origin,
+                              via=e.via)
+            leaks.append(_leak(q, g, acc, "escalation"))
+    leaks = _dedupe(leaks)
+    for l in leaks:
+        l.baselined = bool(baseline) and l.fingerprint in baseline
+    leaks.sort(key=lambda l: (l.file or "", l.line or 0, l.col or 0, l.field))
+
+    footprint = _footprint(canon)
+    stats = {"functions": g.graph.number_of_nodes(), "edges": g.graph.number_of_edges(),
+             "entry_points": len(g.entries), "accesses": len(accesses),
+             "source_accesses_not_in_binary": dropped_not_in_binary,
+             "fields_touched": len(footprint), "leaks": len(leaks),
+             "binary": b_stats if isinstance(b_stats, dict) else {}}
+    return ProofResult(q, inp, mode, limits, g, [a for a, _ in canon], leaks, footprint, g.unresolved,
+                       stats, diagnostics)
+
+
+def _source_facts(inp: Inputs, use_cache: bool, progress):
+    from scopecheck.source import compdb as cdb
+    from scopecheck.source.clang_facts import source_facts
+
+    cmds = cdb.load(inp.compdb, source_root=inp.source_root)
+    hyp = [c for c in cmds if _is_hyp_source(c)]
+    if not hyp:
+        raise InputError(f"{inp.compdb}: no nVHE hyp sources in the compilation database")
+    c_cmds = [c for c in hyp if str(c.file).endswith(".c")]
+    s_files = [c.file for c in hyp if str(c.file).endswith(".S")]
+    facts = source_facts(c_cmds, roots=ROOTS, cache=use_cache)
+    if inp.asm_offsets is not None and s_files:
+        from scopecheck.source.asm_offsets import asm_accesses, parse_asm_offsets
+
+        consts = parse_asm_offsets(inp.asm_offsets)
+        facts.accesses.extend(asm_accesses(s_files, consts))
+    return facts
+
+
+def _is_hyp_source(cmd) -> bool:
+    f = str(cmd.file)
+    out = str(getattr(cmd, "output", "") or "")
+    if "/kvm/hyp/nvhe/" in f or "/kvm/hyp/nvhe/" in out or f.startswith(NVHE_DIR):
+        return True
+    # the fixture and other non-kernel trees: every entry is hyp code
+    return "/arch/arm64/" not in f and not f.startswith("arch/")
+
+
+def _with(a: FieldAccess, **kw) -> FieldAccess:
+    d = {s: getattr(a, s) for s in FieldAccess.__slots__}
+    d.update(kw)
+    return FieldAccess(**d)
+
+
+def _offset_size(layouts, root, path, a) -> tuple[int | None, int | None]:
+    lay = layouts.get(root)
+    if lay is None or not path:
+        return a.offset, a.size
+    from scopecheck.layout import member
+
+    p = path
+    while p:
+        try:
+            m = member(lay, p.replace("[*]", ""))
+            return m.offset, m.size
+        except (KeyError, ValueError):
+            if "." not in p:
+                break
+            p = p.rsplit(".", 1)[0]
+    return a.offset, a.size
+
+
+def _applicable_functions(q: Query, src, g: HypGraph, root) -> set | None:
+    if not q.only_param_type:
+        return None
+    out = set()
+    if src is None:
+        return out  # binary-only: parameter types of every function are not known; judge none
+    vcpuish = set(q.vcpu_param_types)
+    for f in src.functions:
+        types = [t for _, t in f.params]
+        vt = [t for t in types if _norm_type(t) in {_norm_type(x) for x in vcpuish}]
+        if vt and all(_norm_type(t) == _norm_type(q.only_param_type) for t in vt):
+            k = g.map_key(norm_key(f.key, root))
+            if k is not None:
+                out.add(k)
+    return out
+
+
+def _norm_type(t: str) -> str:
+    return " ".join(t.replace("const ", "").replace("*", " * ").split())
+
+
+def _leak(q: Query, g: HypGraph, a: FieldAccess, kind: str) -> Leak:
+    chain = [k[0] for k in g.chain(a.function)]
+    return Leak(query=q.id, root=a.root, field=a.path, access=a.access, size=a.size, offset=a.offset,
+                function=a.function[0], function_key=a.function, file=a.file, line=a.line, col=a.col,
+                origin=a.origin, via=a.via, chain=chain, kind=kind)
+
+
+def _dedupe(leaks: list[Leak]) -> list[Leak]:
+    seen, out = set(), []
+    for l in leaks:
+        k = (l.kind, l.root, l.field, l.access, l.function_key, l.file, l.line, l.col)
+        if k not in seen:
+            seen.add(k)
+            out.append(l)
+    return out
+
+
+def _footprint(canon) -> dict:
+    fp: dict = {}
+    for a, _ in canon:
+        if not a.path:
+            continue
+        key = f"{a.root}:{a.path}"
+        e = fp.setdefault(key, {"root": a.root, "path": a.path, "offset": a.offset, "size": a.size,
+                                "access": set(), "functions": set(), "origins": set()})
+        e["access"].add(a.access)
+        e["functions"].add(a.function[0])
+        e["origins"].add(a.origin)
+    for e in fp.values():
+        acc = e["access"]
+        e["access"] = "rw" if ("rw" in acc or {"read", "write"} <= acc) else \
+            ("write" if "write" in acc else ("read" if "read" in acc else sorted(acc)[0]))
+        e["functions"] = sorted(e["functions"])
+        e["origins"] = sorted(e["origins"])
+    return dict(sorted(fp.items()))
