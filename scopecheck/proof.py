@@ -295,6 +295,8 @@ def _source_facts(inp: Inputs, use_cache: bool, progress):
 def _is_hyp_source(cmd) -> bool:
     f = str(cmd.file)
     out = str(getattr(cmd, "output", "") or "")
+    if out.endswith((".s", ".i")) or "asm-offsets" in f:
+        return False  # generators compiled with -S, not hyp code
     if "/kvm/hyp/nvhe/" in f or "/kvm/hyp/nvhe/" in out or f.startswith(NVHE_DIR):
         return True
     # the fixture and other non-kernel trees: every entry is hyp code
