@@ -1,0 +1,264 @@
+"""Source facts from C translation units (libclang), cached per translation unit.
+
+:func:`source_facts` parses each compile command's file with libclang, walks every
+function *definition* (static inlines from headers included, deduplicated across
+translation units by ``(name, file, line)``) and file-scope initialisers, and returns a
+:class:`~scopecheck.model_code.SourceFacts`.
+
+Cache: ``cache_dir("source")``; one facts file per translation unit, keyed by sha256 of
+(scopecheck version, the clang arguments, the main file's content and the content of
+every file it includes). An index file per (version, arguments, main file) remembers the
+include list of the last parse, so a warm run re-hashes those files and loads the facts
+without parsing. A file that cannot be read back is ignored and rewritten.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import json
+import os
+import time
+from collections import Counter
+from dataclasses import asdict, fields
+from pathlib import Path
+from typing import Callable, Iterable
+
+from scopecheck import __version__
+from scopecheck.model_code import (AddressTaken, Escalation, FieldAccess, SourceCall, SourceFacts,
+                                   SourceFunction)
+from scopecheck.paths import atomic_write_text, cache_dir
+from scopecheck.source.compdb import CompileCommand, clang_args
+
+DEFAULT_ROOTS = ("kvm_vcpu", "kvm_vcpu_arch", "kvm_cpu_context", "pkvm_hyp_vcpu", "vcpu_hyp_state")
+CACHE_SCHEMA = 1
+
+#: cumulative counters: ``parsed`` (libclang parses), ``cache_hits``, ``parse_seconds``
+STATS: Counter = Counter()
+
+
+# ---------------------------------------------------------------- (de)serialisation
+
+def _dump(rec) -> dict:
+    return asdict(rec)
+
+
+def _load(cls, d: dict):
+    kw = {f.name: d[f.name] for f in fields(cls) if f.name in d}
+    for name in ("function", "caller", "in_function"):
+        if isinstance(kw.get(name), list):
+            kw[name] = tuple(kw[name])
+    if cls is SourceFunction and "params" in kw:
+        kw["params"] = tuple(tuple(p) for p in kw["params"])
+    return cls(**kw)
+
+
+_KINDS = {"functions": SourceFunction, "accesses": FieldAccess, "escalations": Escalation,
+          "calls": SourceCall, "address_taken": AddressTaken}
+
+
+class TUFacts:
+    """What one translation unit yielded, grouped by function key for cross-TU dedupe."""
+
+    def __init__(self):
+        self.functions: list[SourceFunction] = []
+        self.per_function: dict[tuple, dict[str, list]] = {}
+        self.file_scope: list[AddressTaken] = []
+        self.diagnostics: list[str] = []
+        self.includes: list[str] = []
+
+    def to_json(self) -> dict:
+        return {"functions": [_dump(f) for f in self.functions],
+                "per_function": [[list(k), {n: [_dump(r) for r in v] for n, v in d.items()}]
+                                 for k, d in self.per_function.items()],
+                "file_scope": [_dump(a) for a in self.file_scope],
+                "diagnostics": self.diagnostics, "includes": self.includes}
+
+    @classmethod
+    def from_json(cls, d: dict) -> "TUFacts":
+        t = cls()
+        t.functions = [_load(SourceFunction, f) for f in d["functions"]]
+        for k, recs in d["per_function"]:
+            t.per_function[tuple(k)] = {n: [_load(_KINDS[n], r) for r in v] for n, v in recs.items()}
+        t.file_scope = [_load(AddressTaken, a) for a in d["file_scope"]]
+        t.diagnostics = list(d["diagnostics"])
+        t.includes = list(d["includes"])
+        return t
+
+
+# ---------------------------------------------------------------- parsing one TU
+
+def _relroot(cmd: CompileCommand, source_root) -> str:
+    return os.path.normpath(str(source_root)) if source_root else cmd.directory
+
+
+def parse_tu(cmd: CompileCommand, roots=DEFAULT_ROOTS, source_root=None) -> TUFacts:
+    """Parse one translation unit and walk it (no cache)."""
+    import clang.cindex as ci
+
+    from scopecheck.source import walker as w
+
+    out = TUFacts()
+    rel = w.relpath_fn(_relroot(cmd, source_root))
+    args = clang_args(cmd)
+    t0 = time.perf_counter()
+    try:
+        tu = ci.Index.create().parse(cmd.file, args=args,
+                                     options=0)
+    except ci.TranslationUnitLoadError as e:
+        out.diagnostics.append(f"{rel(cmd.file)}: libclang could not parse the file ({e})")
+        return out
+    finally:
+        STATS["parsed"] += 1
+        STATS["parse_seconds"] += time.perf_counter() - t0
+    for d in tu.diagnostics:
+        if d.severity >= ci.Diagnostic.Error:
+            loc = d.location
+            where = f"{rel(loc.file.name)}:{loc.line}" if loc.file else rel(cmd.file)
+            out.diagnostics.append(f"{where}: {d.spelling}")
+    out.includes = sorted({os.path.normpath(i.include.name) for i in tu.get_includes()})
+    ctx = w.Context(tu, roots, rel)
+    K = ci.CursorKind
+    seen = set()
+    for c in tu.cursor.get_children():
+        if c.kind == K.FUNCTION_DECL and c.is_definition():
+            wk = w.FunctionWalker(c, ctx)
+            if wk.key in seen:
+                continue
+            seen.add(wk.key)
+            wk.run()
+            out.functions.append(wk.function())
+            out.per_function[wk.key] = {"accesses": wk.accesses, "escalations": wk.escalations,
+                                        "calls": wk.calls, "address_taken": wk.address_taken}
+        elif c.kind == K.VAR_DECL and c.location.file is not None:
+            out.file_scope.extend(w.file_scope_address_taken(c, ctx))
+    return out
+
+
+# ---------------------------------------------------------------- cache
+
+def _sha_file(path: str, memo: dict) -> str:
+    h = memo.get(path)
+    if h is None:
+        try:
+            h = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+        except OSError:
+            h = "missing"
+        memo[path] = h
+    return h
+
+
+def _tu_key(args: list[str], main: str, includes: list[str], memo: dict) -> str:
+    h = hashlib.sha256()
+    h.update(json.dumps([CACHE_SCHEMA, __version__, args, main]).encode())
+    for p in [main, *includes]:
+        h.update(p.encode() + b"\0" + _sha_file(p, memo).encode() + b"\0")
+    return h.hexdigest()
+
+
+def _read_json(p: Path):
+    try:
+        return json.loads(p.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def cached_tu(cmd: CompileCommand, roots, source_root, cache: bool, memo: dict) -> TUFacts:
+    if not cache:
+        return parse_tu(cmd, roots, source_root)
+    args = clang_args(cmd)
+    d = cache_dir("source")
+    ident = hashlib.sha256(json.dumps([CACHE_SCHEMA, __version__, args, cmd.file, sorted(roots),
+                                       str(source_root)]).encode()).hexdigest()
+    index_p = d / f"{ident}.index.json"
+    idx = _read_json(index_p)
+    if isinstance(idx, dict) and isinstance(idx.get("includes"), list):
+        key = _tu_key(args + sorted(roots), cmd.file, idx["includes"], memo)
+        data = _read_json(d / f"{key}.facts.json")
+        if isinstance(data, dict):
+            try:
+                facts = TUFacts.from_json(data)
+                STATS["cache_hits"] += 1
+                return facts
+            except (KeyError, TypeError, ValueError):
+                pass  # corrupt: parse again and rewrite
+    facts = parse_tu(cmd, roots, source_root)
+    if any("could not parse" in x for x in facts.diagnostics):
+        return facts
+    key = _tu_key(args + sorted(roots), cmd.file, facts.includes, memo)
+    atomic_write_text(d / f"{key}.facts.json", json.dumps(facts.to_json()))
+    atomic_write_text(index_p, json.dumps({"file": cmd.file, "includes": facts.includes, "key": key}))
+    return facts
+
+
+# ---------------------------------------------------------------- the public entry
+
+def _selected(cmd: CompileCommand, files) -> bool:
+    if files is None:
+        return True
+    for pat in files:
+        pat = str(pat)
+        if cmd.file == os.path.normpath(os.path.join(cmd.directory, pat)) or \
+                fnmatch.fnmatch(cmd.file, pat) or fnmatch.fnmatch(cmd.file, "*/" + pat.lstrip("/")):
+            return True
+    return False
+
+
+def source_facts(commands: Iterable[CompileCommand], roots=DEFAULT_ROOTS, files=None, cache: bool = True,
+                 progress: Callable[[str], None] | None = None, source_root=None) -> SourceFacts:
+    """Field accesses, escalations, calls and address-taken functions of the C files in ``commands``.
+
+    ``files``: None for every C entry, else paths or glob patterns (``arch/arm64/kvm/hyp/nvhe/*.c``)
+    matched against each entry's absolute file. Assembly entries are skipped (see
+    :mod:`scopecheck.source.asm_offsets`). ``source_root``: report files relative to it
+    (default: each entry's directory). A translation unit that cannot be parsed becomes a
+    diagnostic. Functions defined in several translation units (static inlines in headers)
+    are reported once.
+    """
+    facts = SourceFacts()
+    seen_fn: set = set()
+    seen_at: set = set()
+    memo: dict = {}
+    cmds = [c for c in commands if not c.is_asm and c.file.endswith(".c") and _selected(c, files)]
+    for i, cmd in enumerate(cmds, 1):
+        if progress:
+            progress(f"[{i}/{len(cmds)}] {cmd.file}")
+        tf = cached_tu(cmd, tuple(roots), source_root, cache, memo)
+        facts.files.append(cmd.file)
+        facts.diagnostics.extend(tf.diagnostics)
+        for fn in tf.functions:
+            if fn.key in seen_fn:
+                continue
+            seen_fn.add(fn.key)
+            facts.functions.append(fn)
+            recs = tf.per_function.get(fn.key, {})
+            facts.accesses.extend(recs.get("accesses", ()))
+            facts.escalations.extend(recs.get("escalations", ()))
+            facts.calls.extend(recs.get("calls", ()))
+            facts.address_taken.extend(recs.get("address_taken", ()))
+        for a in tf.file_scope:
+            k = (a.function, a.file, a.line, a.where)
+            if k not in seen_at:
+                seen_at.add(k)
+                facts.address_taken.append(a)
+    return facts
+
+
+def enum_constants(cmd: CompileCommand) -> dict[str, int]:
+    """Every enum constant visible in a translation unit (``{"TPIDR_EL1": 17, ...}``).
+
+    For turning ``sys_regs[SP_EL1]``-style indexes (asm-offsets comments, markers) into numbers.
+    """
+    import clang.cindex as ci
+
+    try:
+        tu = ci.Index.create().parse(cmd.file, args=clang_args(cmd), options=0)
+    except ci.TranslationUnitLoadError:
+        return {}
+    out: dict[str, int] = {}
+    for c in tu.cursor.get_children():
+        if c.kind == ci.CursorKind.ENUM_DECL:
+            for e in c.get_children():
+                if e.kind == ci.CursorKind.ENUM_CONSTANT_DECL:
+                    out.setdefault(e.spelling, e.enum_value)
+    return out

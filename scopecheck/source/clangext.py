@@ -1,0 +1,181 @@
+"""Small libclang extras the Python bindings lack (operator kinds, constant evaluation, file locations).
+
+Imported lazily by the source door; importing this module imports ``clang.cindex``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+
+import clang.cindex as ci
+
+K = ci.CursorKind
+
+# CXUnaryOperatorKind
+UO_POSTINC, UO_POSTDEC, UO_PREINC, UO_PREDEC, UO_ADDROF, UO_DEREF = 1, 2, 3, 4, 5, 6
+INC_DEC = {UO_POSTINC, UO_POSTDEC, UO_PREINC, UO_PREDEC}
+# CXBinaryOperatorKind
+BO_ADD, BO_SUB, BO_ASSIGN, BO_COMMA = 6, 7, 22, 33
+
+PASS_THROUGH = {K.PAREN_EXPR, K.UNEXPOSED_EXPR}
+
+
+@functools.cache
+def _lib():
+    lib = ci.conf.lib
+    lib.clang_getCursorUnaryOperatorKind.argtypes = [ci.Cursor]
+    lib.clang_getCursorUnaryOperatorKind.restype = ctypes.c_int
+    lib.clang_getCursorBinaryOperatorKind.argtypes = [ci.Cursor]
+    lib.clang_getCursorBinaryOperatorKind.restype = ctypes.c_int
+    lib.clang_Cursor_Evaluate.argtypes = [ci.Cursor]
+    lib.clang_Cursor_Evaluate.restype = ctypes.c_void_p
+    lib.clang_EvalResult_getKind.argtypes = [ctypes.c_void_p]
+    lib.clang_EvalResult_getKind.restype = ctypes.c_int
+    lib.clang_EvalResult_getAsLongLong.argtypes = [ctypes.c_void_p]
+    lib.clang_EvalResult_getAsLongLong.restype = ctypes.c_longlong
+    lib.clang_EvalResult_dispose.argtypes = [ctypes.c_void_p]
+    lib.clang_EvalResult_dispose.restype = None
+    lib.clang_getFileLocation.argtypes = [ci.SourceLocation, ctypes.POINTER(ci.c_object_p),
+                                          ctypes.POINTER(ctypes.c_uint), ctypes.POINTER(ctypes.c_uint),
+                                          ctypes.POINTER(ctypes.c_uint)]
+    lib.clang_getFileLocation.restype = None
+    lib.clang_Cursor_isFunctionInlined.argtypes = [ci.Cursor]
+    lib.clang_Cursor_isFunctionInlined.restype = ctypes.c_uint
+    return lib
+
+
+def is_inline(c) -> bool:
+    return bool(_lib().clang_Cursor_isFunctionInlined(c))
+
+
+def unary_op(c) -> int:
+    return _lib().clang_getCursorUnaryOperatorKind(c)
+
+
+def binary_op(c) -> int:
+    return _lib().clang_getCursorBinaryOperatorKind(c)
+
+
+def eval_int(c) -> int | None:
+    """The integer value of a constant expression cursor, else None."""
+    lib = _lib()
+    r = lib.clang_Cursor_Evaluate(c)
+    if not r:
+        return None
+    try:
+        if lib.clang_EvalResult_getKind(r) != 1:  # CXEval_Int
+            return None
+        return int(lib.clang_EvalResult_getAsLongLong(r))
+    finally:
+        lib.clang_EvalResult_dispose(r)
+
+
+def file_location(c) -> tuple[int, int]:
+    """(line, col) where the cursor's token is spelled in the file, macro arguments included.
+
+    For a token from a macro *body* this is where the macro is expanded; for a macro
+    *argument*, where the argument is written.
+    """
+    f = ci.c_object_p()
+    line, col, off = ctypes.c_uint(), ctypes.c_uint(), ctypes.c_uint()
+    _lib().clang_getFileLocation(c.location, ctypes.byref(f), ctypes.byref(line), ctypes.byref(col),
+                                 ctypes.byref(off))
+    return line.value, col.value
+
+
+def strip(c):
+    """Look through parentheses and implicit casts (libclang's UNEXPOSED_EXPR with one child)."""
+    while c.kind in PASS_THROUGH:
+        kids = list(c.get_children())
+        if len(kids) != 1:
+            return c
+        c = kids[0]
+    return c
+
+
+def children(c) -> list:
+    return list(c.get_children())
+
+
+def cast_operand(c):
+    """The operand of a C-style cast (its last child; earlier ones are the type and typeof())."""
+    kids = children(c)
+    return kids[-1] if kids else None
+
+
+def unqualified(t):
+    """Canonical type (qualifiers are dropped by comparing declarations/kinds, not spellings)."""
+    return t.get_canonical()
+
+
+def record_names(t) -> list[str]:
+    """Names by which a (non-pointer) type is known: typedef names along the sugar chain, then the tag."""
+    names = []
+    seen = 0
+    while seen < 16:
+        seen += 1
+        k = t.kind
+        if k == ci.TypeKind.ELABORATED:
+            t = t.get_named_type()
+            continue
+        if k == ci.TypeKind.TYPEDEF:
+            names.append(t.get_declaration().spelling)
+            t = t.get_declaration().underlying_typedef_type
+            continue
+        break
+    can = t.get_canonical()
+    if can.kind == ci.TypeKind.RECORD:
+        decl = can.get_declaration()
+        if decl.spelling and not decl.is_anonymous() and "(" not in decl.spelling:
+            names.append(decl.spelling)
+    return names
+
+
+def is_record(t) -> bool:
+    return t.get_canonical().kind == ci.TypeKind.RECORD
+
+
+def is_pointer(t) -> bool:
+    return t.get_canonical().kind == ci.TypeKind.POINTER
+
+
+def is_array(t) -> bool:
+    return t.get_canonical().kind in (ci.TypeKind.CONSTANTARRAY, ci.TypeKind.INCOMPLETEARRAY,
+                                      ci.TypeKind.VARIABLEARRAY, ci.TypeKind.DEPENDENTSIZEDARRAY)
+
+
+def pointee(t):
+    """The pointee type (keeping typedef sugar where libclang has it), or None."""
+    if t.kind == ci.TypeKind.POINTER:
+        return t.get_pointee()
+    if t.kind in (ci.TypeKind.ELABORATED, ci.TypeKind.TYPEDEF):
+        can = t.get_canonical()
+        if can.kind == ci.TypeKind.POINTER:
+            # walk the sugar: typedef T *tp; -> declaration's underlying type
+            for _ in range(16):
+                if t.kind == ci.TypeKind.ELABORATED:
+                    t = t.get_named_type()
+                elif t.kind == ci.TypeKind.TYPEDEF:
+                    t = t.get_declaration().underlying_typedef_type
+                else:
+                    break
+            if t.kind == ci.TypeKind.POINTER:
+                return t.get_pointee()
+            return can.get_pointee()
+    return None
+
+
+def element_type(t):
+    can = t.get_canonical()
+    return can.element_type if is_array(can) else None
+
+
+def function_type_spelling(t) -> str | None:
+    """Canonical spelling of a function type, or of the function a pointer type points to."""
+    can = t.get_canonical()
+    if can.kind == ci.TypeKind.POINTER:
+        can = can.get_pointee().get_canonical()
+    if can.kind in (ci.TypeKind.FUNCTIONPROTO, ci.TypeKind.FUNCTIONNOPROTO):
+        return can.spelling
+    return None

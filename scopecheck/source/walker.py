@@ -1,0 +1,627 @@
+"""Per-function analysis of a libclang AST: field accesses from root structs, calls, escalations.
+
+Values are tracked as :class:`Ref` (root struct, path from it, name of the struct at the end):
+
+* a parameter or unknown expression of type ``struct R *`` with R a root -> ``Ref(R, "")``;
+* ``&e`` -> the object ``e`` designates; ``p->m`` / ``e.m`` / ``e[i]`` extend the path;
+* a local pointer whose every definition (initialiser or ``=``, NULL ignored) evaluates to
+  the same Ref is an *alias* of it (``struct kvm_vcpu_arch *a = &vcpu->arch`` -> kvm_vcpu:arch);
+* a pointer *loaded* from a root-reached field starts a new root named by its pointee struct
+  (``vcpu->kvm`` -> root ``kvm``), so anything reachable from a root is followed;
+* casts to a pointer to a non-struct type (void *, char *, u64 *, integers) keep the value;
+  a cast to ``struct R *`` of a value pointing at a different (smaller) root struct is an
+  escalation (``container_of``), and starts root R.
+
+Imported lazily (imports clang).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import clang.cindex as ci
+
+from scopecheck.model_code import AddressTaken, Escalation, FieldAccess, SourceCall, SourceFunction
+from scopecheck.source import clangext as cx
+
+K = ci.CursorKind
+STMT_EXPR = ci.CursorKind.from_id(121)  # "StmtExpr" in the bindings' own spelling
+
+
+@dataclass(frozen=True, slots=True)
+class Ref:
+    root: str
+    path: str
+    obj: str | None  # name of the struct the path designates (None: not a struct)
+
+    def member(self, name: str | None, obj: str | None) -> "Ref":
+        if not name:
+            return Ref(self.root, self.path, obj)
+        return Ref(self.root, f"{self.path}.{name}" if self.path else name, obj)
+
+    def index(self, idx: str, obj: str | None) -> "Ref":
+        return Ref(self.root, f"{self.path}{idx}", obj)
+
+
+class Context:
+    """What the walkers of one translation unit share."""
+
+    def __init__(self, tu, roots, relpath):
+        self.tu = tu
+        self.roots = frozenset(roots)
+        self.relpath = relpath  # absolute file name -> reported file name
+        self.sizes: dict[str, int] = {}
+
+    def names(self, t) -> list[str]:
+        return cx.record_names(t)
+
+    def root_of(self, t) -> str | None:
+        """The root-struct name of a (non-pointer) type, or None."""
+        for n in cx.record_names(t):
+            if n in self.roots:
+                if n not in self.sizes:
+                    sz = t.get_canonical().get_size()
+                    if sz > 0:
+                        self.sizes[n] = sz
+                return n
+        return None
+
+    def obj_of(self, t) -> str | None:
+        """A struct type's name (root name preferred), or None for non-struct types."""
+        if not cx.is_record(t):
+            return None
+        r = self.root_of(t)
+        if r:
+            return r
+        names = cx.record_names(t)
+        return names[0] if names else None
+
+
+def _anonymous(member_cursor) -> bool:
+    n = member_cursor.spelling
+    return not n or "(" in n or " " in n or ":" in n
+
+
+def _null(c) -> bool:
+    s = cx.strip(c)
+    while s.kind == K.CSTYLE_CAST_EXPR:
+        s = cx.strip(cx.cast_operand(s))
+    return s.kind == K.INTEGER_LITERAL and cx.eval_int(s) == 0
+
+
+class FunctionWalker:
+    def __init__(self, fn, ctx: Context):
+        self.fn = fn
+        self.ctx = ctx
+        self.file = ctx.relpath(fn.location.file.name)
+        self.line = fn.location.line
+        self.key = (fn.spelling, self.file, self.line)
+        self.defs: dict[int, list] = {}
+        self.values: dict[int, Ref | None] = {}
+        self.callee_refs: set[int] = set()
+        self._tokens: dict | None = None
+        self.accesses: list[FieldAccess] = []
+        self.escalations: list[Escalation] = []
+        self.calls: list[SourceCall] = []
+        self.address_taken: list[AddressTaken] = []
+
+    # ------------------------------------------------------------ record
+    def function(self) -> SourceFunction:
+        fn = self.fn
+        params = tuple((a.spelling, a.type.spelling) for a in fn.get_arguments())
+        return SourceFunction(name=fn.spelling, file=self.file, line=self.line, col=fn.location.column,
+                              is_static=fn.storage_class == ci.StorageClass.STATIC,
+                              is_inline=cx.is_inline(fn), type=cx.function_type_spelling(fn.type),
+                              params=params)
+
+    def run(self):
+        body = None
+        for c in self.fn.get_children():
+            if c.kind == K.PARM_DECL:
+                self.defs.setdefault(c.hash, []).append("param")
+            elif c.kind == K.COMPOUND_STMT:
+                body = c
+        if body is None:
+            return self
+        self._collect_defs(body)
+        self._visit(body, [])
+        return self
+
+    # ------------------------------------------------------------ definitions of locals
+    def _collect_defs(self, c):
+        for ch in c.get_children():
+            k = ch.kind
+            if k == K.VAR_DECL:
+                kids = cx.children(ch)
+                if kids and kids[-1].kind.is_expression():
+                    self.defs.setdefault(ch.hash, []).append(kids[-1])
+                else:
+                    self.defs.setdefault(ch.hash, [])
+            elif k == K.BINARY_OPERATOR and cx.binary_op(ch) == cx.BO_ASSIGN:
+                kids = cx.children(ch)
+                if len(kids) == 2:
+                    lhs = cx.strip(kids[0])
+                    if lhs.kind == K.DECL_REF_EXPR and lhs.referenced is not None:
+                        self.defs.setdefault(lhs.referenced.hash, []).append(kids[1])
+            elif k in (K.UNARY_OPERATOR, K.COMPOUND_ASSIGNMENT_OPERATOR):
+                # p++ / p += n on a pointer: no longer a plain alias
+                kids = cx.children(ch)
+                if kids:
+                    t = cx.strip(kids[0])
+                    if t.kind == K.DECL_REF_EXPR and t.referenced is not None and \
+                            (k == K.COMPOUND_ASSIGNMENT_OPERATOR or cx.unary_op(ch) in cx.INC_DEC):
+                        self.defs.setdefault(t.referenced.hash, []).append("opaque")
+            self._collect_defs(ch)
+
+    def var_value(self, decl) -> Ref | None:
+        h = decl.hash
+        if h in self.values:
+            return self.values[h]
+        self.values[h] = None  # recursion guard
+        fallback = self._fallback_ptr(decl.type)
+        defs = self.defs.get(h)
+        if defs is None:  # a global, or a local we never saw defined
+            val = fallback
+        else:
+            vals = set()
+            unknown = False
+            for d in defs:
+                if isinstance(d, str) and d == "param":
+                    vals.add(fallback)
+                elif isinstance(d, str):
+                    unknown = True
+                elif _null(d):
+                    continue
+                else:
+                    v = self.eval_ptr(d)
+                    if v is None:
+                        unknown = True
+                    else:
+                        vals.add(v)
+            val = next(iter(vals)) if len(vals) == 1 and not unknown else fallback
+            if val is None and len(vals) == 1 and None not in vals:
+                val = next(iter(vals))
+        self.values[h] = val
+        return val
+
+    def _fallback_ptr(self, t) -> Ref | None:
+        p = cx.pointee(t)
+        if p is None:
+            return None
+        r = self.ctx.root_of(p)
+        return Ref(r, "", r) if r else None
+
+    # ------------------------------------------------------------ evaluation
+    def eval_ptr(self, e) -> Ref | None:
+        """The object a pointer-valued expression points to."""
+        s = cx.strip(e)
+        k = s.kind
+        if k in (K.MEMBER_REF_EXPR, K.ARRAY_SUBSCRIPT_EXPR) or (k == K.UNARY_OPERATOR
+                                                                 and cx.unary_op(s) == cx.UO_DEREF):
+            if cx.is_array(s.type):  # array decays to a pointer to its first element
+                return self.eval_loc(s)
+            if not cx.is_pointer(s.type):
+                return None
+            loc = self.eval_loc(s)  # a pointer loaded from memory starts a new root
+            p = cx.pointee(s.type)
+            if p is None:
+                return None
+            if loc is not None:
+                name = self.ctx.obj_of(p)
+                return Ref(name, "", name) if name else None
+            return self._fallback_ptr(s.type)
+        if k == K.DECL_REF_EXPR:
+            ref = s.referenced
+            if ref is None or ref.kind not in (K.VAR_DECL, K.PARM_DECL):
+                return None
+            if cx.is_array(ref.type):
+                return self.eval_loc(s)
+            return self.var_value(ref)
+        if k == K.UNARY_OPERATOR:
+            op = cx.unary_op(s)
+            kids = cx.children(s)
+            if op == cx.UO_ADDROF and kids:
+                return self.eval_loc(kids[0])
+            return None
+        if k == K.CSTYLE_CAST_EXPR:
+            return self._cast_value(s)[0]
+        if k == K.BINARY_OPERATOR:
+            op = cx.binary_op(s)
+            kids = cx.children(s)
+            if op in (cx.BO_ADD, cx.BO_SUB) and len(kids) == 2:
+                for kid in kids:
+                    if cx.is_pointer(kid.type) or cx.is_pointer(cx.strip(kid).type):
+                        return self.eval_ptr(kid)
+                return self.eval_ptr(kids[0]) if op == cx.BO_SUB else None
+            if op == cx.BO_COMMA and len(kids) == 2:
+                return self.eval_ptr(kids[1])
+            return None
+        if k == STMT_EXPR:
+            last = self._stmt_expr_value(s)
+            return self.eval_ptr(last) if last is not None else self._fallback_ptr(s.type)
+        if k == K.CONDITIONAL_OPERATOR:
+            kids = cx.children(s)
+            if len(kids) == 3:
+                a = None if _null(kids[1]) else self.eval_ptr(kids[1])
+                b = None if _null(kids[2]) else self.eval_ptr(kids[2])
+                if a == b or b is None and _null(kids[2]):
+                    return a
+                if a is None and _null(kids[1]):
+                    return b
+            return self._fallback_ptr(s.type)
+        return self._fallback_ptr(s.type)
+
+    def _stmt_expr_value(self, s):
+        kids = cx.children(s)
+        if not kids or kids[0].kind != K.COMPOUND_STMT:
+            return None
+        stmts = cx.children(kids[0])
+        if stmts and stmts[-1].kind.is_expression():
+            return stmts[-1]
+        return None
+
+    def _cast_value(self, s) -> tuple[Ref | None, tuple | None]:
+        """(value, escalation (from, to) or None) of a C-style cast."""
+        op = cx.cast_operand(s)
+        if op is None:
+            return None, None
+        if not (cx.is_pointer(s.type)):
+            # a cast to an integer keeps the value (kern_hyp_va: (unsigned long)v)
+            return (self.eval_ptr(op) if cx.is_pointer(op.type) or cx.is_pointer(cx.strip(op).type)
+                    else self._int_carried(op)), None
+        p = cx.pointee(s.type)
+        if p is None or not cx.is_record(p):
+            return self.eval_ptr(op), None  # void *, char *, u64 *: keep the value
+        target = self.ctx.obj_of(p)
+        v = self.eval_ptr(op)
+        if target is None:
+            return None, None
+        if v is not None and v.obj == target:
+            return v, None
+        if target not in self.ctx.roots:
+            return None, None
+        esc = None
+        if v is not None and v.obj in self.ctx.roots and v.root != target:
+            big, small = self.ctx.sizes.get(target), self.ctx.sizes.get(v.obj)
+            if big is None or small is None or big > small:
+                esc = (v.obj, target)
+        return Ref(target, "", target), esc
+
+    def _int_carried(self, op) -> Ref | None:
+        """A pointer value carried through integer arithmetic ((unsigned long)p + off)."""
+        s = cx.strip(op)
+        if s.kind == K.CSTYLE_CAST_EXPR:
+            return self._cast_value(s)[0]
+        if s.kind == K.BINARY_OPERATOR and cx.binary_op(s) in (cx.BO_ADD, cx.BO_SUB):
+            kids = cx.children(s)
+            return self._int_carried(kids[0]) if kids else None
+        if s.kind == K.DECL_REF_EXPR and s.referenced is not None and \
+                s.referenced.kind in (K.VAR_DECL, K.PARM_DECL) and not cx.is_pointer(s.referenced.type):
+            defs = self.defs.get(s.referenced.hash) or []
+            if len(defs) == 1 and not isinstance(defs[0], str):
+                return self._int_carried(defs[0])
+        return None
+
+    def eval_loc(self, e) -> Ref | None:
+        """The object an lvalue expression designates."""
+        s = cx.strip(e)
+        k = s.kind
+        if k == K.MEMBER_REF_EXPR:
+            kids = cx.children(s)
+            if not kids:
+                return None
+            base = kids[0]
+            b = self.eval_ptr(base) if cx.is_pointer(base.type) else self.eval_loc(base)
+            if b is None:
+                return None
+            name = None if _anonymous(s) else s.spelling
+            return b.member(name, self.ctx.obj_of(s.type))
+        if k == K.ARRAY_SUBSCRIPT_EXPR:
+            kids = cx.children(s)
+            if len(kids) != 2:
+                return None
+            base, idx = kids
+            sb = cx.strip(base)
+            if cx.is_array(sb.type):
+                b = self.eval_loc(sb)
+                if b is None:
+                    return None
+                if b.path == "" and sb.kind == K.DECL_REF_EXPR:
+                    return b  # an array of root structs: each element is a root
+                n = cx.eval_int(idx)
+                return b.index(f"[{n}]" if n is not None else "[*]", self.ctx.obj_of(s.type))
+            return self.eval_ptr(base)
+        if k == K.UNARY_OPERATOR:
+            if cx.unary_op(s) != cx.UO_DEREF:
+                return None
+            kids = cx.children(s)
+            return self.eval_ptr(kids[0]) if kids else None
+        if k == K.DECL_REF_EXPR:
+            ref = s.referenced
+            if ref is None or ref.kind not in (K.VAR_DECL, K.PARM_DECL):
+                return None
+            t = ref.type
+            et = cx.element_type(t)
+            r = self.ctx.root_of(et if et is not None else t)
+            return Ref(r, "", r) if r else None
+        if k == STMT_EXPR:
+            last = self._stmt_expr_value(s)
+            return self.eval_loc(last) if last is not None else None
+        if cx.is_record(s.type):
+            r = self.ctx.root_of(s.type)
+            return Ref(r, "", r) if r else None
+        return None
+
+    # ------------------------------------------------------------ locations, macros
+    def tokens(self) -> dict:
+        if self._tokens is None:
+            self._tokens = {}
+            tu, ext = self.ctx.tu, self.fn.extent
+            f = ext.start.file
+            # rebuild the range from file positions: a range starting in a macro (noinline ...)
+            # tokenizes to nothing
+            rng = ci.SourceRange.from_locations(
+                ci.SourceLocation.from_position(tu, f, ext.start.line, ext.start.column),
+                ci.SourceLocation.from_position(tu, f, ext.end.line, ext.end.column))
+            for t in tu.get_tokens(extent=rng):
+                loc = t.location
+                self._tokens[(loc.line, loc.column)] = (t.kind, t.spelling)
+        return self._tokens
+
+    def macro_at(self, c, own: str | None) -> str | None:
+        """The macro whose body produced cursor ``c``'s token, if any."""
+        tok = self.tokens().get(cx.file_location(c))
+        if tok is None or tok[0] != ci.TokenKind.IDENTIFIER or tok[1] == own:
+            return None
+        return tok[1]
+
+    def via_of(self, node) -> str | None:
+        """First macro (outermost first) that produced part of an access chain."""
+        c = node
+        for _ in range(64):
+            k = c.kind
+            if k in cx.PASS_THROUGH:
+                kids = cx.children(c)
+                if len(kids) != 1:
+                    return None
+                c = kids[0]
+                continue
+            if k == K.MEMBER_REF_EXPR:
+                m = None if _anonymous(c) else self.macro_at(c, c.spelling)
+                if m:
+                    return m
+                kids = cx.children(c)
+            elif k == K.UNARY_OPERATOR:
+                m = self.macro_at(c, None)
+                if m:
+                    return m
+                kids = cx.children(c)
+            elif k == K.CSTYLE_CAST_EXPR:
+                m = self.macro_at(c, None)
+                if m:
+                    return m
+                op = cx.cast_operand(c)
+                kids = [op] if op is not None else []
+            elif k == K.ARRAY_SUBSCRIPT_EXPR:
+                kids = cx.children(c)[:1]
+            elif k == STMT_EXPR:
+                last = self._stmt_expr_value(c)
+                kids = [last] if last is not None else []
+            elif k == K.DECL_REF_EXPR:
+                ref = c.referenced  # an alias variable (a = &vcpu->arch): name it
+                if ref is not None and ref.kind == K.VAR_DECL and cx.is_pointer(ref.type) and \
+                        ref.hash in self.defs:
+                    v = self.var_value(ref)
+                    if v is not None and v.path:
+                        return ref.spelling
+                return None
+            else:
+                return None
+            if not kids:
+                return None
+            c = kids[0]
+        return None
+
+    def _where(self, c):
+        loc = c.location
+        f = loc.file
+        return (self.ctx.relpath(f.name) if f else self.file), loc.line, loc.column
+
+    # ------------------------------------------------------------ the walk
+    def _visit(self, c, stack):
+        k = c.kind
+        if k in (K.CXX_UNARY_EXPR, K.STATIC_ASSERT, K.TYPE_REF, K.MEMBER_REF):
+            return  # sizeof/alignof and friends: unevaluated
+        if k in (K.MEMBER_REF_EXPR, K.ARRAY_SUBSCRIPT_EXPR) or \
+                (k == K.UNARY_OPERATOR and cx.unary_op(c) in (cx.UO_DEREF, cx.UO_ADDROF)):
+            self._access(c, stack)
+        elif k == K.CSTYLE_CAST_EXPR:
+            v, esc = self._cast_value(c)
+            if esc:
+                f, line, col = self._where(c)
+                m = self.macro_at(c, None)
+                self.escalations.append(Escalation(from_root=esc[0], to_root=esc[1], function=self.key,
+                                                   file=f, line=line, col=col,
+                                                   via="container_of" if m == "container_of" else (m or "cast")))
+            op = cx.cast_operand(c)
+            if op is not None:
+                self._visit(op, stack + [(c, -1)])
+            return
+        elif k == K.CALL_EXPR:
+            self._call(c)
+        elif k == K.DECL_REF_EXPR:
+            ref = c.referenced
+            if ref is not None and ref.kind == K.FUNCTION_DECL and c.hash not in self.callee_refs:
+                f, line, col = self._where(c)
+                self.address_taken.append(AddressTaken(function=ref.spelling, file=f, line=line,
+                                                       type=cx.function_type_spelling(ref.type),
+                                                       where=self._store_target(stack),
+                                                       in_function=self.key))
+            return
+        elif k == K.GENERIC_SELECTION_EXPR:
+            kids = cx.children(c)
+            for i, ch in enumerate(kids[1:], 1):
+                self._visit(ch, stack + [(c, i)])
+            return
+        for i, ch in enumerate(c.get_children()):
+            self._visit(ch, stack + [(c, i)])
+
+    def _up(self, stack, skip=cx.PASS_THROUGH):
+        """(ancestor, index of our branch in it) skipping parentheses and implicit casts."""
+        for anc, idx in reversed(stack):
+            if anc.kind not in skip:
+                return anc, idx
+        return None, None
+
+    def _access(self, c, stack):
+        k = c.kind
+        is_addr = k == K.UNARY_OPERATOR and cx.unary_op(c) == cx.UO_ADDROF
+        up, idx = self._up(stack)
+        if is_addr:
+            # &x consumed at once (*&x, (&x)->m, WRITE_ONCE's cast-and-store): the consumer counts
+            up2, idx2 = self._up(stack, cx.PASS_THROUGH | {K.CSTYLE_CAST_EXPR})
+            if up2 is not None and idx2 == 0 and (
+                    up2.kind in (K.MEMBER_REF_EXPR, K.ARRAY_SUBSCRIPT_EXPR) or
+                    (up2.kind == K.UNARY_OPERATOR and cx.unary_op(up2) == cx.UO_DEREF)):
+                return
+            kids = cx.children(c)
+            if not kids:
+                return
+            target = cx.strip(kids[0])
+            if target.kind not in (K.MEMBER_REF_EXPR, K.ARRAY_SUBSCRIPT_EXPR) and not (
+                    target.kind == K.UNARY_OPERATOR and cx.unary_op(target) == cx.UO_DEREF):
+                return  # &local, &global: no field
+            ref = self.eval_loc(target)
+            kind = "addr"
+            node = target
+        else:
+            if up is not None and idx == 0:
+                if up.kind == K.MEMBER_REF_EXPR and not cx.is_pointer(c.type):
+                    return  # e.m: the outer member access counts
+                if up.kind == K.ARRAY_SUBSCRIPT_EXPR and cx.is_array(c.type):
+                    return  # a[i]: the element access counts
+                if up.kind == K.UNARY_OPERATOR and cx.unary_op(up) == cx.UO_ADDROF:
+                    return  # handled at the &
+            if up is not None and up.kind == K.UNARY_OPERATOR and cx.unary_op(up) == cx.UO_ADDROF:
+                return
+            kind = "read"
+            if up is not None and idx == 0:
+                if up.kind == K.BINARY_OPERATOR and cx.binary_op(up) == cx.BO_ASSIGN:
+                    kind = "write"
+                elif up.kind == K.COMPOUND_ASSIGNMENT_OPERATOR:
+                    kind = "rw"
+                elif up.kind == K.UNARY_OPERATOR and cx.unary_op(up) in cx.INC_DEC:
+                    kind = "rw"
+            if kind == "read" and cx.is_array(c.type):
+                kind = "addr"  # an array used as a pointer: its address, not a load
+            ref = self.eval_loc(c)
+            node = c
+        if ref is None or not ref.path:
+            return
+        f, line, col = self._where(node)
+        self.accesses.append(FieldAccess(root=ref.root, path=ref.path, access=kind, function=self.key,
+                                         file=f, line=line, col=col, origin="source",
+                                         via=self.via_of(c)))
+
+    def _call(self, c):
+        kids = cx.children(c)
+        if not kids:
+            return
+        callee = cx.strip(kids[0])
+        f, line, col = self._where(c)
+        if callee.kind == K.DECL_REF_EXPR and callee.referenced is not None and \
+                callee.referenced.kind == K.FUNCTION_DECL:
+            self.callee_refs.add(callee.hash)
+            self.calls.append(SourceCall(caller=self.key, callee=callee.referenced.spelling, file=f,
+                                         line=line, col=col))
+            return
+        t = cx.function_type_spelling(callee.type) or cx.function_type_spelling(kids[0].type)
+        if callee.kind == K.UNARY_OPERATOR and cx.unary_op(callee) == cx.UO_DEREF:
+            inner = cx.children(callee)
+            if inner:
+                t = t or cx.function_type_spelling(inner[0].type)
+                callee = cx.strip(inner[0])
+        self.calls.append(SourceCall(caller=self.key, callee=None, file=f, line=line, col=col, indirect=True,
+                                     target_type=t, via=self.describe(callee)))
+
+    def describe(self, e, depth=0) -> str | None:
+        """A short name for where a function pointer comes from (``host_hcall[]``, ``kvm_vcpu:arch.x``)."""
+        s = cx.strip(e)
+        k = s.kind
+        if k == K.ARRAY_SUBSCRIPT_EXPR:
+            kids = cx.children(s)
+            base = self.describe(kids[0], depth + 1) if kids else None
+            return f"{base}[]" if base else None
+        if k == K.MEMBER_REF_EXPR:
+            loc = self.eval_loc(s)
+            return f"{loc.root}:{loc.path}" if loc else s.spelling
+        if k == K.DECL_REF_EXPR:
+            ref = s.referenced
+            if ref is None:
+                return s.spelling
+            defs = [d for d in self.defs.get(ref.hash, []) if not isinstance(d, str) and not _null(d)]
+            if depth < 4 and ref.kind == K.VAR_DECL and defs:
+                names = sorted({n for d in defs if (n := self.describe(d, depth + 1))})
+                if names:
+                    return ",".join(names)
+            return s.spelling
+        if k == K.UNARY_OPERATOR and cx.unary_op(s) == cx.UO_DEREF:
+            kids = cx.children(s)
+            return self.describe(kids[0], depth + 1) if kids else None
+        if k == K.CSTYLE_CAST_EXPR:
+            op = cx.cast_operand(s)
+            return self.describe(op, depth + 1) if op is not None else None
+        return None
+
+    def _store_target(self, stack) -> str | None:
+        """Where a function's address goes: the table/variable being initialised or assigned."""
+        for anc, idx in reversed(stack):
+            if anc.kind == K.VAR_DECL:
+                return anc.spelling
+            if anc.kind == K.BINARY_OPERATOR and cx.binary_op(anc) == cx.BO_ASSIGN and idx == 1:
+                kids = cx.children(anc)
+                return self.describe(kids[0]) if kids else None
+            if anc.kind in (K.CALL_EXPR, K.COMPOUND_STMT):
+                return None
+        return None
+
+
+def file_scope_address_taken(var, ctx: Context) -> list[AddressTaken]:
+    """Functions whose address a file-scope variable's initialiser takes (``host_hcall[]``)."""
+    out = []
+
+    def visit(c, depth=0):
+        if c.kind == K.DECL_REF_EXPR:
+            ref = c.referenced
+            if ref is not None and ref.kind == K.FUNCTION_DECL:
+                loc = c.location
+                out.append(AddressTaken(function=ref.spelling,
+                                        file=ctx.relpath(loc.file.name) if loc.file else None,
+                                        line=loc.line, type=cx.function_type_spelling(ref.type),
+                                        where=var.spelling, in_function=None))
+            return
+        if c.kind in (K.CXX_UNARY_EXPR, K.TYPE_REF):
+            return
+        for ch in c.get_children():
+            visit(ch, depth + 1)
+
+    visit(var)
+    return out
+
+
+def relpath_fn(root: str | None):
+    cache: dict[str, str] = {}
+
+    def rel(name: str) -> str:
+        r = cache.get(name)
+        if r is None:
+            p = os.path.normpath(name)
+            if root and (p == root or p.startswith(root.rstrip(os.sep) + os.sep)):
+                r = os.path.relpath(p, root)
+            else:
+                r = p
+            cache[name] = r
+        return r
+
+    return rel
