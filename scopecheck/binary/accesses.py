@@ -1,0 +1,974 @@
+"""Binary-only field accesses: which root-struct fields each hyp function loads and stores.
+
+:func:`binary_accesses` reads the machine code of the hyp functions found by
+:func:`scopecheck.binary.functions.hyp_functions` (a vmlinux's nVHE hyp or a
+``kvm_nvhe.o``) and reports, as :class:`~scopecheck.model_code.FieldAccess`
+records with ``origin="binary"``, every load/store through a register known to
+point into a *root* struct (``kvm_vcpu``, ``kvm_vcpu_arch``, ``kvm_cpu_context``,
+``pkvm_hyp_vcpu``, ``vcpu_hyp_state``: those present), plus
+:class:`~scopecheck.model_code.Escalation` records (``origin="binary"``) where
+code turns a pointer to a smaller root into one to a bigger root (container_of).
+
+How a register gets a root (its *value* is a tuple of interpretations
+``(root, offset, tag)``; the first is the primary one):
+
+* **DWARF seeds** (the primary source of truth): formal parameters and
+  variables of the out-of-line subprograms *and* of their inlined instances
+  (and lexical blocks) whose type is a pointer to a root (through typedef /
+  const / volatile), with a location ``DW_OP_regN`` / ``DW_OP_regx`` or
+  ``DW_OP_bregN c ... DW_OP_stack_value`` (see :mod:`scopecheck.binary.locations`),
+  from a single expression (whole scope) or a location list (per pc range).
+  Before each instruction, every seed covering its pc is applied: if the
+  register's dataflow value already describes the same bytes (the seed's struct
+  lies at the right offset in the value's root, e.g. ``struct kvm_vcpu_arch *a =
+  &vcpu->arch`` in a register known to hold ``kvm_vcpu+0x50``) the value is kept
+  (locals derived from a parameter keep the parameter's root, as the fixture
+  markers require); if the seed's struct is a *bigger* root containing the
+  value's root, it is added as an alternative interpretation (a DWARF-visible
+  ``container_of``: an Escalation); if it contradicts the value, the seed wins.
+* **Pointer loads**: a 64-bit load of a member whose type is a pointer to a
+  root (``ctxt->__hyp_running_vcpu``, ``hyp_vcpu->host_vcpu``) gives the
+  destination a new root at offset 0.
+* **Dataflow** over the function's basic blocks (hot and cold ranges), a
+  forward "must" analysis: the state at a block entry is the intersection of
+  its predecessors' states (worklist to a fixpoint); blocks with no known
+  predecessor (after ``br`` jump tables) start empty. Transfer:
+  ``mov xD, xS`` copies; ``add``/``sub xD, xS, #imm[, lsl #12]`` shift the
+  offset (a ``sub`` tags the value, see below); pre/post-indexed addressing
+  updates the base; ``bl``/``blr`` clobber x0-x18 and x30, ``hvc``/``smc``/``svc``
+  x0-x17; any other write to a general register (including 32-bit writes and
+  loads of non-root data) clears it.
+
+Accesses: ``ldr*/ldur*/ldp*/ldnp/ldxr*/ldaxr*/ldar*/ldapr*/ldxp/ldaxp`` are reads,
+``str*/stur*/stp/stnp/stxr*/stlxr*/stlr*`` writes, LSE atomics
+(``ldadd``/``ldclr``/``ldeor``/``ldset``/``swp``/``cas``/``st<op>``...) ``rw``, with
+``[xN]``, ``[xN, #imm]``, ``[xN, #imm]!`` or ``[xN], #imm`` addressing; a pair
+covers two registers (two accesses). The size is the register width (``x`` 8,
+``w`` 4, ``q`` 16, ``d`` 8, ``s`` 4, ``h`` 2, ``b`` 1) or the mnemonic's
+(``b``/``h``/``sw`` forms). ``prfm`` is counted in the stats, not reported.
+``[xN, xM, lsl #s]`` (a variable index) is reported as ``path[*]`` when xN
+points at the start of an array member whose element size is ``1 << s``, and
+is otherwise listed in ``stats["variable_index"]``.
+
+Resolving an access at ``offset + imm`` of a value: the first interpretation
+whose root holds the accessed bytes is used; if that is not the primary one an
+Escalation (primary root -> used root, ``via="dwarf"``) is reported. If no
+interpretation fits and the primary root is embedded in other roots (e.g.
+``kvm_cpu_context`` at ``kvm_vcpu.arch.ctxt``), the access is mapped into the
+container that holds it, preferring ``kvm_vcpu`` and then the smallest
+container, with an Escalation ``via="sub"`` (the value went through a ``sub``)
+or ``via="offset"`` (an out-of-extent offset); else it is listed in
+``stats["unresolved"]``.
+
+Attribution: ``function`` is the key of the *innermost inlined instance*
+whose ranges hold the instruction (the static inline whose source has the
+access, like the source door and the fixture markers), else of the
+out-of-line function. ``via`` is the base register (``"x0"``), followed by
+``" inlined-in:<out-of-line function name>"`` for accesses attributed to an
+inlined callee. ``file``/``line`` come from the DWARF line table at the
+instruction. ``offset`` and ``size`` are the accessed bytes relative to the
+root; a wide access spanning several fields gives one record per field.
+"""
+
+from __future__ import annotations
+
+import bisect
+import os
+import re
+import time
+
+from scopecheck.binary import disasm
+from scopecheck.binary.dwarf import open_dwarf
+from scopecheck.binary.elf import ElfImage
+from scopecheck.binary.functions import (
+    _code_reader,
+    _DwarfWalker,
+    _overlaps,
+    hyp_functions,
+    read_aranges,
+    section_headers,
+)
+from scopecheck.binary.locations import Locations, mem_slot, reg_value
+from scopecheck.layout import DEFAULT_STRUCTS, fields_at, load_layouts
+from scopecheck.model_code import Escalation, FieldAccess, HypFacts
+
+ROOTS = DEFAULT_STRUCTS  # kvm_vcpu, kvm_vcpu_arch, kvm_cpu_context, vcpu_hyp_state, pkvm_hyp_vcpu
+
+_SCOPE_TAGS = ("DW_TAG_subprogram", "DW_TAG_inlined_subroutine", "DW_TAG_lexical_block")
+_VAR_TAGS = ("DW_TAG_formal_parameter", "DW_TAG_variable")
+_QUALS = ("DW_TAG_typedef", "DW_TAG_const_type", "DW_TAG_volatile_type", "DW_TAG_restrict_type",
+          "DW_TAG_atomic_type")
+
+_REGNUM = {f"x{i}": i for i in range(31)}
+_REGNUM.update({f"w{i}": i for i in range(31)})
+_REGNUM.update({"fp": 29, "lr": 30, "x29": 29, "x30": 30})
+_X = {f"x{i}" for i in range(31)} | {"fp", "lr"}
+_WIDTH = {"x": 8, "w": 4, "q": 16, "d": 8, "s": 4, "h": 2, "b": 1}
+_CALL_CLOBBER = tuple(range(19)) + (30,)
+_SMC_CLOBBER = tuple(range(18))
+_COND_BRANCH = ("cbz", "cbnz", "tbz", "tbnz")
+_END = ("ret", "retaa", "retab", "eret", "eretaa", "eretab", "br", "braa", "braaz", "brab", "brabz")
+_CALLS = ("bl", "blr", "blraa", "blraaz", "blrab", "blrabz")
+_PAIRS = ("ldp", "stp", "ldnp", "stnp", "ldxp", "ldaxp", "stxp", "stlxp", "casp")
+_NO_DEST = {"cmp", "cmn", "tst", "ccmp", "ccmn", "msr", "prfm", "prfum", "at", "dc", "ic", "tlbi", "sys",
+            "fcmp", "fcmpe", "fccmp", "fccmpe", "hint", "nop"} | set(_COND_BRANCH)
+_ATOMIC = re.compile(r"^(ld(add|clr|eor|set|smax|smin|umax|umin)|st(add|clr|eor|set|smax|smin|umax|umin)|swp|casp?)"
+                     r"(a|al|l)?(b|h)?$")
+_LOAD = re.compile(r"^(ldr|ldur|ldtr|ldp|ldnp|ldxr|ldaxr|ldar|ldapr|ldapur|ldxp|ldaxp|ldlar)(s?[bhw])?(p?)$")
+_STORE = re.compile(r"^(str|stur|sttr|stp|stnp|stxr|stlxr|stlr|stlur|stxp|stlxp|stllr)([bh])?$")
+
+
+# ---------------------------------------------------------------- public API
+
+def binary_accesses(elf_or_path, facts: HypFacts | None = None, roots=None, progress=None):
+    """Field accesses and escalations of the hyp's machine code (see the module doc).
+
+    Returns ``(accesses, escalations, stats)``; ``stats`` has counts
+    (``functions``, ``instructions``, ``accesses``, ``access_sites``, ``escalations``,
+    ``prfm``, ``seeds``), ``unresolved`` / ``variable_index`` /
+    ``unanalysed_functions`` / ``undecodable`` lists and ``timings`` (seconds).
+    ``progress``, if given, is called with short status strings.
+    """
+    own = not isinstance(elf_or_path, ElfImage)
+    elf = ElfImage(elf_or_path) if own else elf_or_path
+    try:
+        return _run(elf, facts, roots, progress)
+    finally:
+        if own:
+            elf.close()
+
+
+# ---------------------------------------------------------------- helpers
+
+def _say(progress, msg):
+    if progress is not None:
+        progress(msg)
+
+
+class _Intervals:
+    def __init__(self, items):
+        self.items = sorted(items, key=lambda t: (t[0], -t[1]))
+        self.starts = [t[0] for t in self.items]
+
+    def find(self, addr):
+        i = bisect.bisect_right(self.starts, addr) - 1
+        while i >= 0:
+            lo, hi, payload = self.items[i]
+            if lo <= addr < hi:
+                return payload
+            i -= 1
+            if addr - lo > 1 << 24:
+                break
+        return None
+
+
+class _Roots:
+    """Root layouts, embeddings between roots, pointer members, arrays, field paths (memoised)."""
+
+    def __init__(self, layouts: dict):
+        self.lay = {n: l for n, l in layouts.items() if l is not None}
+        self.size = {n: l.size for n, l in self.lay.items()}
+        names = set(self.lay)
+        # emb[B][S] = offsets at which a struct S lies inside B
+        self.emb: dict[str, dict[str, list[int]]] = {b: {} for b in names}
+        # ptr[R][offset] = root pointed to by an 8-byte pointer member at offset
+        self.ptr: dict[str, dict[int, str]] = {b: {} for b in names}
+        self.array_list: dict[str, list] = {b: [] for b in names}  # (lo, hi, path, element size, dims)
+        for b, lay in self.lay.items():
+            self._walk(b, lay.members, 0, names, False)
+        self._paths: dict = {}
+
+    def _walk(self, b, members, shift, names, in_array):
+        for m in members:
+            off = m.offset + shift
+            tn = m.type_name or ""
+            if m.kind == "struct" and tn.startswith("struct ") and tn[7:] in names and not m.array_dims \
+                    and not in_array:
+                self.emb[b].setdefault(tn[7:], []).append(off)
+            if m.kind == "pointer" and m.size == 8 and not m.array_dims and not in_array:
+                t = tn.strip()
+                if t.startswith("struct ") and t.endswith(" *") and t[7:-2].strip() in names:
+                    self.ptr[b][off] = t[7:-2].strip()
+            if m.array_dims and m.element_size and not in_array and m.size:
+                self.array_list[b].append((off, off + m.size, m.path, m.element_size, len(m.array_dims)))
+            if m.members:
+                self._walk(b, m.members, shift, names, in_array or bool(m.array_dims))
+
+    def fits(self, root, off, size) -> bool:
+        return 0 <= off and off + size <= self.size[root]
+
+    def contains(self, big, small, at) -> bool:
+        """True when struct ``small`` lies at offset ``at`` of ``big`` (or they are the same)."""
+        if big == small:
+            return at == 0
+        return at in self.emb.get(big, {}).get(small, ())
+
+    def containers(self, small):
+        """[(B, offset of small in B)], kvm_vcpu first, then by size."""
+        out = [(b, o) for b, d in self.emb.items() for o in d.get(small, ())]
+        out.sort(key=lambda t: (t[0] != "kvm_vcpu", self.size[t[0]], t[1]))
+        return out
+
+    def paths(self, root, off, size):
+        k = (root, off, size)
+        r = self._paths.get(k)
+        if r is None:
+            try:
+                r = fields_at(self.lay[root], off, size)
+            except ValueError:
+                r = []
+            self._paths[k] = r
+        return r
+
+
+def _parse_mem(ops: str):
+    """(regs before the memory operand, base, imm, index reg or None, shift, writeback) or None."""
+    i = ops.find("[")
+    if i < 0:
+        return None
+    j = ops.find("]", i)
+    if j < 0:
+        return None
+    regs = [r.strip() for r in ops[:i].split(",") if r.strip()]
+    inner = [p.strip() for p in ops[i + 1:j].split(",")]
+    post = ops[j + 1:].strip()
+    base = inner[0]
+    imm, index, shift = 0, None, 0
+    if len(inner) >= 2:
+        s = inner[1]
+        if s.startswith("#"):
+            imm = int(s[1:], 0)
+        else:
+            index = s
+            if len(inner) >= 3:
+                m = re.search(r"#(\d+)", inner[2])
+                shift = int(m.group(1)) if m else 0
+    wb = None  # ("pre"|"post", delta)
+    if post.startswith("!"):
+        wb = ("pre", imm)
+    elif post.startswith(","):
+        p = post[1:].strip()
+        if p.startswith("#"):
+            wb = ("post", int(p[1:], 0))
+            imm = 0
+        else:
+            wb = ("post", None)
+    return regs, base, imm, index, shift, wb
+
+
+def _width(reg: str) -> int | None:
+    return _WIDTH.get(reg[:1]) if reg else None
+
+
+# ---------------------------------------------------------------- DWARF seeds
+
+class _Seeds:
+    def __init__(self, dwarf, roots: _Roots):
+        self.dwarf = dwarf
+        self.roots = roots
+        self.loc = Locations(dwarf)
+        self._type_cache: dict[int, str | None] = {}
+        self._origin_type: dict[int, str | None] = {}
+        self._rl = None
+        self.walker = None  # _DwarfWalker, for ranges
+
+    def pointee_root(self, die) -> str | None:
+        """Root name when ``die``'s type is a pointer to a root struct."""
+        a = die.attributes
+        if "DW_AT_type" not in a:
+            ao = a.get("DW_AT_abstract_origin")
+            if ao is None:
+                return None
+            key = die.cu.cu_offset + ao.value if ao.form != "DW_FORM_ref_addr" else ao.value
+            if key in self._origin_type:
+                return self._origin_type[key]
+            try:
+                o = die.get_DIE_from_attribute("DW_AT_abstract_origin")
+            except Exception:
+                self._origin_type[key] = None
+                return None
+            r = self.pointee_root(o)
+            self._origin_type[key] = r
+            return r
+        try:
+            t = die.get_DIE_from_attribute("DW_AT_type")
+        except Exception:
+            return None
+        return self._ptr_root(t)
+
+    def _ptr_root(self, t) -> str | None:
+        off = t.offset
+        if off in self._type_cache:
+            return self._type_cache[off]
+        r = None
+        n = 0
+        while t is not None and t.tag in _QUALS and n < 16:
+            n += 1
+            t = t.get_DIE_from_attribute("DW_AT_type") if "DW_AT_type" in t.attributes else None
+        if t is not None and t.tag == "DW_TAG_pointer_type" and "DW_AT_type" in t.attributes:
+            s = t.get_DIE_from_attribute("DW_AT_type")
+            while s is not None and s.tag in _QUALS and n < 32:
+                n += 1
+                s = s.get_DIE_from_attribute("DW_AT_type") if "DW_AT_type" in s.attributes else None
+            if s is not None and s.tag == "DW_TAG_structure_type":
+                nm = s.attributes.get("DW_AT_name")
+                if nm is not None:
+                    name = nm.value.decode() if isinstance(nm.value, bytes) else nm.value
+                    if name in self.roots.lay:
+                        r = name
+        self._type_cache[off] = r
+        return r
+
+    def name(self, die) -> str:
+        a = die.attributes
+        nm = a.get("DW_AT_name")
+        if nm is None and "DW_AT_abstract_origin" in a:
+            try:
+                nm = die.get_DIE_from_attribute("DW_AT_abstract_origin").attributes.get("DW_AT_name")
+            except Exception:
+                nm = None
+        if nm is None:
+            return "?"
+        return nm.value.decode() if isinstance(nm.value, bytes) else nm.value
+
+    def collect(self, die, fn_ranges) -> list[tuple[int, int, int, str, int, str]]:
+        """[(lo, hi, reg, root, offset, kind)] under subprogram ``die``.
+
+        kind "reg": x<reg> points ``offset`` bytes into ``root``; kind "mem": the
+        memory at x<reg> + ``offset`` holds a pointer to ``root``."""
+        out: list = []
+        self._scope(die, fn_ranges, out)
+        return out
+
+    def _scope(self, die, scope_ranges, out) -> None:
+        for ch in die.iter_children():
+            tag = ch.tag
+            if tag in _VAR_TAGS:
+                a = ch.attributes
+                loc = a.get("DW_AT_location")
+                if loc is None:
+                    continue
+                root = self.pointee_root(ch)
+                if root is None:
+                    continue
+                for lo, hi, expr in self.loc.entries(ch, loc):
+                    rv = reg_value(expr, ch.cu.structs)
+                    kind = "reg"
+                    if rv is None:
+                        rv = mem_slot(expr, ch.cu.structs)
+                        kind = "mem"
+                        if rv is None:
+                            continue
+                    reg, d = rv
+                    spans = scope_ranges if lo is None else [(lo, hi)]
+                    for slo, shi in spans:
+                        out.append((slo, shi, reg, root, -d if kind == "reg" else d, kind))
+            elif tag in ("DW_TAG_inlined_subroutine", "DW_TAG_lexical_block"):
+                if not ch.has_children:
+                    continue
+                rs = self.walker.ranges(ch) or scope_ranges
+                self._scope(ch, rs, out)
+
+
+# ---------------------------------------------------------------- line table
+
+class _Lines:
+    def __init__(self, dwarf, walker):
+        self.dwarf = dwarf
+        self.walker = walker
+        self._cu: dict[int, tuple] = {}
+
+    def lookup(self, cu, pc):
+        t = self._cu.get(cu.cu_offset)
+        if t is None:
+            t = self._build(cu)
+            self._cu[cu.cu_offset] = t
+        addrs, rows = t
+        i = bisect.bisect_right(addrs, pc) - 1
+        if i < 0:
+            return None, None
+        f, ln, end = rows[i]
+        if end:
+            return None, None
+        return self.walker.file_name(cu, f), ln
+
+    def _build(self, cu):
+        lp = self.dwarf.line_program_for_CU(cu)
+        rows = []
+        if lp is not None:
+            for e in lp.get_entries():
+                st = e.state
+                if st is None:
+                    continue
+                rows.append((st.address, st.file, st.line, st.end_sequence))
+        rows.sort(key=lambda r: (r[0], not r[3]))  # stable: at one address, end rows first, last row wins
+        addrs = [r[0] for r in rows]
+        return addrs, [(r[1], r[2], r[3]) for r in rows]
+
+
+# ---------------------------------------------------------------- the analysis
+
+def _run(elf: ElfImage, facts, roots, progress):
+    t0 = time.perf_counter()
+    timings: dict[str, float] = {}
+    if facts is None:
+        _say(progress, "hyp functions")
+        facts = hyp_functions(elf)
+        timings["hyp_functions"] = time.perf_counter() - t0
+    t = time.perf_counter()
+    names = list(roots) if roots is not None else list(ROOTS)
+    layouts = load_layouts(elf.path, names)
+    R = _Roots(layouts)
+    timings["layouts"] = time.perf_counter() - t
+    stats: dict = {"roots": sorted(R.lay), "functions": 0, "instructions": 0, "access_sites": 0,
+                   "accesses": 0, "escalations": 0, "prfm": 0, "seeds": 0, "unresolved": [],
+                   "variable_index": [], "unanalysed_functions": [], "undecodable": 0, "timings": timings}
+    if not R.lay:
+        stats["unanalysed_functions"] = [(f.name, "no root struct in DWARF") for f in facts.functions]
+        return [], [], stats
+
+    # -- DWARF units of the hyp --
+    t = time.perf_counter()
+    dwarf = open_dwarf(elf)
+    walker = _DwarfWalker(elf, dwarf)
+    if elf.is_relocatable:
+        cus = list(dwarf.iter_CUs())
+    else:
+        ar = read_aranges(elf)
+        spans = [r for f in facts.functions for r in f.ranges]
+        lo_all = min((r[0] for r in spans), default=0)
+        hi_all = max((r[1] for r in spans), default=0)
+        offs = sorted(off for off, rs in ar.items() if _overlaps(rs, lo_all, hi_all))
+        cus = [dwarf.get_CU_at(o) for o in offs]
+    cu_offs = [cu.cu_offset for cu in cus]
+    cu_ends = [cu.cu_offset + cu.size for cu in cus]
+
+    def cu_of(die_off):
+        i = bisect.bisect_right(cu_offs, die_off) - 1
+        if i >= 0 and die_off < cu_ends[i]:
+            return cus[i]
+        return dwarf.get_CU_containing(die_off)
+
+    seeds = _Seeds(dwarf, R)
+    seeds.walker = walker
+    lines = _Lines(dwarf, walker)
+    timings["units"] = time.perf_counter() - t
+
+    inl_by_caller: dict = {}
+    for inst in facts.inlined:
+        inl_by_caller.setdefault(inst.caller, []).append(inst)
+
+    read = _code_reader(elf, section_headers(elf))
+    md = disasm._disassembler()
+    acc_out: dict = {}
+    esc_out: dict = {}
+    t_seed = t_flow = 0.0
+    for fn in facts.functions:
+        if not fn.ranges:
+            stats["unanalysed_functions"].append((fn.name, "no code ranges"))
+            continue
+        stats["functions"] += 1
+        # seeds
+        ts = time.perf_counter()
+        fseeds = []
+        cu = None
+        if fn.die_offset is not None:
+            try:
+                cu = cu_of(fn.die_offset)
+                die = cu.get_DIE_from_refaddr(fn.die_offset)
+                if "DW_AT_low_pc" in die.attributes or "DW_AT_ranges" in die.attributes:
+                    fseeds = seeds.collect(die, list(fn.ranges))
+            except Exception as e:  # pragma: no cover - damaged DWARF
+                stats["unanalysed_functions"].append((fn.name, f"DWARF: {e}"))
+        elif fn.address is not None:
+            cu = None
+        stats["seeds"] += len(fseeds)
+        t_seed += time.perf_counter() - ts
+        tf = time.perf_counter()
+        insns = []
+        for lo, hi in fn.ranges:
+            code = read(lo, hi)
+            if not code:
+                continue
+            insns.extend(_decode(md, code, lo, stats))
+        if not insns:
+            stats["unanalysed_functions"].append((fn.name, "no code bytes"))
+            t_flow += time.perf_counter() - tf
+            continue
+        stats["instructions"] += len(insns)
+        sites, escs = _analyse(fn, insns, fseeds, R, stats)
+        t_flow += time.perf_counter() - tf
+        if not sites and not escs:
+            continue
+        if cu is None:
+            cu = _cu_for_pc(walker, cus, insns[0][0], elf)
+        insts = inl_by_caller.get(fn.key, ())
+        for pc, reg, root, off, size, kind, paths in sites:
+            stats["access_sites"] += 1
+            fkey, via = _attribute(fn, insts, pc, reg)
+            file, line = lines.lookup(cu, pc) if cu is not None else (None, None)
+            for p in paths:
+                k = (root, p, kind, fkey, file, line, off, size, via)
+                if k not in acc_out:
+                    acc_out[k] = FieldAccess(root=root, path=p, access=kind, function=fkey, file=file, line=line,
+                                             origin="binary", offset=off, size=size, via=via)
+        for pc, frm, to, how in escs:
+            fkey, _via = _attribute(fn, insts, pc, "")
+            file, line = lines.lookup(cu, pc) if cu is not None else (None, None)
+            k = (frm, to, fkey, file, line, how)
+            if k not in esc_out:
+                esc_out[k] = Escalation(from_root=frm, to_root=to, function=fkey, file=file, line=line,
+                                        origin="binary", via=how)
+    timings["seeds"] = t_seed
+    timings["dataflow"] = t_flow
+    accesses = list(acc_out.values())
+    escalations = list(esc_out.values())
+    stats["accesses"] = len(accesses)
+    stats["escalations"] = len(escalations)
+    timings["total"] = time.perf_counter() - t0
+    _say(progress, f"{len(accesses)} accesses, {len(escalations)} escalations")
+    return accesses, escalations, stats
+
+
+def _cu_for_pc(walker, cus, pc, elf):
+    for cu in cus:
+        top = cu.get_top_DIE()
+        if any(lo <= pc < hi for lo, hi in walker.ranges(top)):
+            return cu
+    return None
+
+
+def _attribute(fn, insts, pc, reg):
+    best = None
+    for inst in insts:
+        if (best is None or inst.depth > best.depth) and any(lo <= pc < hi for lo, hi in inst.ranges):
+            best = inst
+    if best is None:
+        return fn.key, reg or None
+    return best.callee, f"{reg} inlined-in:{fn.name}" if reg else f"inlined-in:{fn.name}"
+
+
+def _decode(md, code, base, stats):
+    out = []
+    n = len(code)
+    off = 0
+    while off < n:
+        last = off
+        for addr, size, mn, ops in md.disasm_lite(code[off:], base + off):
+            out.append((addr, mn, ops))
+            last = addr - base + size
+        if last >= n:
+            break
+        stats["undecodable"] += 1
+        off = last + 4
+    return out
+
+
+def _branch_target(mn, ops):
+    if mn == "b" or mn.startswith("b."):
+        s = ops.strip()
+    elif mn in _COND_BRANCH:
+        s = ops.rsplit(",", 1)[-1].strip()
+    else:
+        return None
+    if s.startswith("#"):
+        s = s[1:]
+    try:
+        return int(s, 0)
+    except ValueError:
+        return None
+
+
+def _analyse(fn, insns, fseeds, R: _Roots, stats):
+    """Dataflow over one function: [(pc, reg, root, off, size, kind, paths)], [(pc, from, to, via)]."""
+    insns.sort(key=lambda x: x[0])
+    index = {a: i for i, (a, _m, _o) in enumerate(insns)}
+    n = len(insns)
+    # seeds by instruction index
+    seed_at: dict[int, list] = {}
+    mem_at: dict[int, list] = {}
+    for lo, hi, reg, root, off, kind in fseeds:
+        dst = seed_at if kind == "reg" else mem_at
+        a = lo
+        # instructions are 4-byte aligned; walk the covered addresses
+        while a < hi:
+            j = index.get(a)
+            if j is not None:
+                dst.setdefault(j, []).append((reg, root, off))
+            a += 4
+    # basic blocks
+    leaders = {0, index.get(fn.address, 0)}
+    succ_target: dict[int, int] = {}
+    for i, (a, mn, ops) in enumerate(insns):
+        if mn[0] in "bcrte" and (mn == "b" or mn.startswith("b.") or mn in _COND_BRANCH or mn in _END):
+            if i + 1 < n:
+                leaders.add(i + 1)
+            tgt = _branch_target(mn, ops)
+            if tgt is not None:
+                j = index.get(tgt)
+                if j is not None:
+                    leaders.add(j)
+                    succ_target[i] = j
+    for i in range(1, n):  # a gap between ranges starts a block
+        if insns[i][0] != insns[i - 1][0] + 4:
+            leaders.add(i)
+    starts = sorted(leaders)
+    block_of = {}
+    blocks = []
+    for bi, s in enumerate(starts):
+        e = starts[bi + 1] if bi + 1 < len(starts) else n
+        blocks.append((s, e))
+        block_of[s] = bi
+    succs: list[list[int]] = [[] for _ in blocks]
+    preds: list[list[int]] = [[] for _ in blocks]
+    for bi, (s, e) in enumerate(blocks):
+        last = e - 1
+        a, mn, ops = insns[last]
+        falls = not (mn == "b" or mn in _END)
+        if falls and e < n and insns[e][0] == a + 4:
+            succs[bi].append(block_of[e])
+        if last in succ_target:
+            succs[bi].append(block_of[succ_target[last]])
+        for sb in succs[bi]:
+            preds[sb].append(bi)
+    # A block nobody is known to reach, right after an unconditional branch, is taken to
+    # follow it: kernel alternatives and static keys patch such "b" into "nop" at boot
+    # (the code after it is live), and jump-table targets have no visible edge at all.
+    entry_block = block_of.get(index.get(fn.address, 0), 0)
+    for bi in range(1, len(blocks)):
+        if not preds[bi] and bi != entry_block and insns[blocks[bi][0]][0] == insns[blocks[bi - 1][1] - 1][0] + 4:
+            preds[bi].append(bi - 1)
+            succs[bi - 1].append(bi)
+
+    ctx = _Ctx(R, stats, seed_at, insns)
+    ctx.mem_at = mem_at
+    out_state: list = [None] * len(blocks)
+    in_state: list = [None] * len(blocks)
+    work = list(range(len(blocks)))
+    inwork = set(work)
+    guard = 0
+    while work and guard < 50 * len(blocks) + 100:
+        guard += 1
+        bi = work.pop(0)
+        inwork.discard(bi)
+        st = _meet([out_state[p] for p in preds[bi]], R) if preds[bi] else {}
+        in_state[bi] = st
+        s, e = blocks[bi]
+        new = ctx.run(st, s, e, record=False)
+        if new != out_state[bi]:
+            out_state[bi] = new
+            for sb in succs[bi]:
+                if sb not in inwork:
+                    work.append(sb)
+                    inwork.add(sb)
+    ctx.record = True
+    for bi, (s, e) in enumerate(blocks):
+        st = in_state[bi] if in_state[bi] is not None else {}
+        ctx.run(st, s, e, record=True)
+    return ctx.sites, ctx.escs
+
+
+def _meet(states, R):
+    """Intersection of predecessor states; two values that describe the same address
+    (one root embedded in the other at the matching offset) meet to the bigger root."""
+    known = [s for s in states if s is not None]
+    if not known:
+        return {}
+    out = dict(known[0])
+    for s in known[1:]:
+        for k in list(out):
+            v, w = out[k], s.get(k)
+            if w == v:
+                continue
+            m = _merge(v, w, R) if w is not None else None
+            if m is None:
+                del out[k]
+            else:
+                out[k] = m
+    return out
+
+
+def _merge(v, w, R):
+    (r1, o1, _t1), (r2, o2, _t2) = v[0], w[0]
+    if r1 == "?" or r2 == "?":
+        return None
+    if R.contains(r1, r2, o1 - o2):
+        return v
+    if R.contains(r2, r1, o2 - o1):
+        return w
+    return None
+
+
+class _Ctx:
+    def __init__(self, R, stats, seed_at, insns):
+        self.R = R
+        self.stats = stats
+        self.seed_at = seed_at
+        self.insns = insns
+        self.sites: list = []
+        self.escs: list = []
+        self.record = False
+        self.mem_at: dict = {}
+        self.i = 0
+
+    # -- seeds --
+    def _seed(self, st, reg, root, off):
+        R = self.R
+        cur = st.get(reg)
+        new = ((root, off, None),)
+        if cur is None:
+            st[reg] = new
+            return None
+        for r, o, _t in cur:
+            if r == root and o == off:
+                return None
+        pr, po, _pt = cur[0]
+        # same bytes, bigger current root (e.g. kvm_vcpu+0x50 seen as kvm_vcpu_arch *): keep
+        if R.contains(pr, root, po - off):
+            return None
+        # the seed's root contains the current one: a DWARF-visible container_of
+        if R.contains(root, pr, off - po):
+            st[reg] = cur + ((root, off, "dwarf"),)
+            return (pr, root)
+        st[reg] = new
+        return None
+
+    def run(self, st, s, e, record):
+        st = dict(st)
+        insns = self.insns
+        R = self.R
+        for i in range(s, e):
+            a, mn, ops = insns[i]
+            self.i = i
+            sd = self.seed_at.get(i)
+            if sd:
+                for reg, root, off in sd:
+                    esc = self._seed(st, reg, root, off)
+                    if esc is not None and record:
+                        self.escs.append((a, esc[0], esc[1], "dwarf"))
+            self._step(st, a, mn, ops, record, R)
+        return st
+
+    def _step(self, st, a, mn, ops, record, R):
+        c0 = mn[0]
+        # branches and calls
+        if c0 == "b" and (mn in _CALLS or mn == "b" or mn.startswith("b.") or mn in _END):
+            if mn in _CALLS:
+                for r in _CALL_CLOBBER:
+                    st.pop(r, None)
+            return
+        if mn in _END or mn in _COND_BRANCH:
+            return
+        if mn in ("hvc", "smc", "svc"):
+            for r in _SMC_CLOBBER:
+                st.pop(r, None)
+            return
+        if mn == "mov":
+            d, _, s = ops.partition(",")
+            d, s = d.strip(), s.strip()
+            rd = _REGNUM.get(d)
+            if rd is None:
+                return
+            if d in _X and s in _X and _REGNUM[s] in st:
+                st[rd] = st[_REGNUM[s]]
+            else:
+                st.pop(rd, None)
+            return
+        if mn in ("add", "sub") and "[" not in ops:
+            parts = [p.strip() for p in ops.split(",")]
+            rd = _REGNUM.get(parts[0])
+            if rd is None:
+                return
+            if len(parts) >= 3 and parts[0] in _X and parts[1] in _X and parts[2].startswith("#"):
+                try:
+                    imm = int(parts[2][1:], 0)
+                except ValueError:
+                    st.pop(rd, None)
+                    return
+                if len(parts) == 4 and parts[3].replace(" ", "") == "lsl#12":
+                    imm <<= 12
+                elif len(parts) > 3:
+                    st.pop(rd, None)
+                    return
+                if mn == "sub":
+                    imm = -imm
+                v = st.get(_REGNUM[parts[1]])
+                if v is None:  # an unknown value plus a constant: kept for [xB, xI, lsl #s] indexes
+                    st[rd] = (("?", imm, None),)
+                    return
+                tag0 = "sub" if mn == "sub" else v[0][2]
+                nv = ((v[0][0], v[0][1] + imm, tag0),) + tuple((r, o + imm, t) for r, o, t in v[1:])
+                st[rd] = nv
+            else:
+                st.pop(rd, None)
+            return
+        if "[" in ops:
+            self._memory(st, a, mn, ops, record, R)
+            return
+        # any other instruction: its first operand, if a general register, is written
+        if mn in _NO_DEST:
+            return
+        d = ops.split(",", 1)[0].strip()
+        rd = _REGNUM.get(d)
+        if rd is not None:
+            st.pop(rd, None)
+
+    def _memory(self, st, a, mn, ops, record, R):
+        pm = _parse_mem(ops)
+        if pm is None:
+            return
+        regs, base, imm, index, shift, wb = pm
+        kind = None
+        size = None
+        dests: list[str] = []
+        datas: list[str] = []
+        if mn in ("prfm", "prfum"):
+            kind = "prfm"
+        else:
+            m = _LOAD.match(mn)
+            if m:
+                kind = "read"
+                dests = regs
+                datas = regs
+                sfx = m.group(2) or ""
+                if mn.startswith("ldpsw"):
+                    size = 4
+                elif sfx.endswith("b"):
+                    size = 1
+                elif sfx.endswith("h"):
+                    size = 2
+                elif sfx.endswith("w"):
+                    size = 4
+            else:
+                m = _STORE.match(mn)
+                if m:
+                    kind = "write"
+                    if mn.startswith(("stxr", "stlxr", "stxp", "stlxp")):
+                        dests = regs[:1]
+                        datas = regs[1:]
+                    else:
+                        datas = regs
+                    sfx = m.group(2) or ""
+                    if sfx == "b":
+                        size = 1
+                    elif sfx == "h":
+                        size = 2
+                elif _ATOMIC.match(mn):
+                    kind = "rw"
+                    if mn.startswith("st"):
+                        datas = regs
+                    elif mn.startswith("casp"):
+                        datas = regs[:2]
+                        dests = regs[:2]
+                    elif mn.startswith("cas"):
+                        datas = regs[:1]
+                        dests = regs[:1]
+                    else:  # ldadd ws, wt, [xn]: wt receives the old value
+                        datas = regs[:1]
+                        dests = regs[1:2]
+                    sfx = _ATOMIC.match(mn).group(5) or ""
+                    if sfx == "b":
+                        size = 1
+                    elif sfx == "h":
+                        size = 2
+        bv = st.get(_REGNUM.get(base, -1)) if base in _X else None
+        if bv is not None and bv[0][0] == "?":
+            bv = None
+        # the access
+        if kind is None:
+            if bv is not None and record:
+                self.stats.setdefault("unhandled_mnemonics", {}).setdefault(mn, 0)
+                self.stats["unhandled_mnemonics"][mn] += 1
+        elif kind == "prfm":
+            if bv is not None and record:
+                self.stats["prfm"] += 1
+        elif bv is not None and datas:
+            w = size or _width(datas[0]) or 8
+            if index is not None:
+                if record:
+                    iv = st.get(_REGNUM.get(index, -1)) if index in _X else None
+                    k = iv[0][1] if iv is not None and iv[0][0] == "?" else 0
+                    self._indexed(a, base, bv, w, shift, kind, k)
+            else:
+                pair = mn.startswith(_PAIRS) and len(datas) >= 2
+                parts = [(imm, w), (imm + w, w)] if pair else [(imm, w)]
+                loaded = []
+                for k_off, k_w in parts:
+                    got = self._resolve(a, base, bv, k_off, k_w, kind, record)
+                    loaded.append(got)
+                # pointer loads: new roots in the destination
+                if kind == "read" and dests:
+                    for j, d in enumerate(dests[:len(parts)]):
+                        rd = _REGNUM.get(d)
+                        if rd is None:
+                            continue
+                        got = loaded[j] if j < len(loaded) else None
+                        tgt = None
+                        if got is not None and parts[j][1] == 8 and d in _X:
+                            root, off = got
+                            tgt = R.ptr.get(root, {}).get(off)
+                        if tgt is None and self.mem_at.get(self.i) and base in _X:
+                            for mreg, mroot, moff in self.mem_at[self.i]:
+                                if mreg == _REGNUM[base] and moff == parts[j][0] and d in _X:
+                                    tgt = mroot
+                        if tgt is not None:
+                            st[rd] = ((tgt, 0, None),)
+                        else:
+                            st.pop(rd, None)
+                    dests = dests[len(parts):]
+        # register writes
+        for d in dests:
+            rd = _REGNUM.get(d)
+            if rd is not None:
+                st.pop(rd, None)
+        if wb is not None and base in _X:
+            rb = _REGNUM[base]
+            if wb[1] is None or rb not in st:
+                st.pop(rb, None)
+            else:
+                delta = wb[1]
+                v = st[rb]
+                st[rb] = tuple((r, o + delta, t) for r, o, t in v)
+
+    def _resolve(self, a, base, bv, imm, w, kind, record):
+        """Map one access; record it; return (root, offset) used, or None."""
+        R = self.R
+        pr, po, ptag = bv[0]
+        choice = None
+        esc = None
+        for r, o, t in bv:
+            if R.fits(r, o + imm, w):
+                choice = (r, o + imm)
+                if r != pr:
+                    esc = (pr, r, "dwarf")
+                break
+        if choice is None:
+            for b, eo in R.containers(pr):
+                if R.fits(b, eo + po + imm, w):
+                    choice = (b, eo + po + imm)
+                    esc = (pr, b, "sub" if ptag == "sub" else "offset")
+                    break
+        if choice is None:
+            if record:
+                self.stats["unresolved"].append((hex(a), base, pr, po + imm, w))
+            return None
+        if record:
+            root, off = choice
+            paths = R.paths(root, off, w)
+            if paths:
+                self.sites.append((a, base, root, off, w, kind, paths))
+            if esc is not None:
+                self.escs.append((a, esc[0], esc[1], esc[2]))
+        return choice
+
+    def _indexed(self, a, base, bv, w, shift, kind, k):
+        """``[base, index, lsl #shift]`` with index = unknown + k: an element of an array
+        member whose element size is ``1 << shift`` and which holds offset ``o + (k << shift)``."""
+        R = self.R
+        for r, o, _t in bv:
+            at = o + (k << shift)
+            for lo, hi, path, es, ndim in R.array_list.get(r, ()):
+                if lo <= at < hi and (es == (1 << shift) or (shift == 0 and es == w)):
+                    self.sites.append((a, base, r, lo, es, kind, [path + "[*]" * ndim]))
+                    return
+        self.stats["variable_index"].append((hex(a), base, bv[0][0], bv[0][1], w))
