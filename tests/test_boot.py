@@ -293,3 +293,28 @@ def test_btf_check_logic():
     bad = btf_check(run, {"kvm_vcpu": 100, "pkvm_hyp_vcpu": 120}, "v")
     assert bad.passed is False and "pkvm_hyp_vcpu: BTF absent, DWARF 120" in bad.detail
     assert btf_check(run, None, None).passed is None
+
+
+# --------------------------------------------------------------------------- stretch: EL2 trace
+
+
+def test_trace_hyp_functions_are_call_graph_nodes(tiny61):
+    """--trace-hyp: the hyp functions QEMU saw at EL2 between kvm_smoke's markers, mapped via --vmlinux."""
+    proc = boot_cli(str(tiny61.image), "--vmlinux", str(tiny61.vmlinux), "--trace-hyp", "--format", "json", "-q",
+                    "--timeout", "120")
+    rep = _json(proc)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr
+    t = rep["trace"]
+    assert t["markers"] is True and t["guest_blocks"] >= 2 and t["el2_blocks"] > 0
+    assert t["log_events"] == ["exec log on", "exec log off"]
+    names = {f["name"] for f in t["functions"]}
+    # the world switch and the MMIO data abort must have run at EL2
+    assert {"__kvm_vcpu_run", "__guest_enter", "__guest_exit", "kvm_hyp_handle_dabt_low"} <= names
+    assert t["not_in_call_graph"] == []
+    check = _by_name(rep)["hyp-trace-in-call-graph"]
+    assert check["passed"] is True and any("EL2 ran __kvm_vcpu_run" in ln for ln in check["evidence"])
+
+
+def test_trace_hyp_needs_vmlinux(tiny61):
+    proc = boot_cli(str(tiny61.image), "--trace-hyp", "-q")
+    assert proc.returncode == 2 and "--trace-hyp needs --vmlinux" in proc.stderr

@@ -31,6 +31,7 @@ from scopecheck.boot.qemu import QemuRun
 from scopecheck.errors import InputError, ScopecheckError
 
 SCHEMA_VERSION = 1
+MAX_TEXT_EVIDENCE = 16
 MODES = ("protected", "nvhe")
 
 __all__ = ["BootReport", "boot", "SCHEMA_VERSION", "MODES"]
@@ -135,6 +136,7 @@ def boot(image: Path, vmlinux: Optional[Path] = None, mode: str = "protected", t
     initrd = assets.initramfs(bb, prog)
     append = f"console=ttyAMA0 kvm-arm.mode={mode} rdinit=/init panic=-1"
     extra: tuple[str, ...] = ()
+    monitor, smp = "none", 2
     tracer = None
     if trace_hyp:
         from scopecheck.boot.trace import HypTracer
@@ -142,13 +144,16 @@ def boot(image: Path, vmlinux: Optional[Path] = None, mode: str = "protected", t
         if vmlinux is None:
             raise InputError("--trace-hyp needs --vmlinux (to map EL2 addresses to hyp functions)")
         tracer = HypTracer(Path(vmlinux))
-        append += " nokaslr"
+        append += " nokaslr scopecheck.trace=1"
         extra = tracer.qemu_args()
-    argv = qemu.qemu_argv(image, initrd, append, el2=el2, extra=extra)
+        monitor, smp = tracer.monitor, 1
+    argv = qemu.qemu_argv(image, initrd, append, el2=el2, smp=smp, monitor=monitor, extra=extra)
 
     started = time.monotonic()
 
     def on_line(line: str) -> None:
+        if tracer is not None:
+            tracer.on_line(line)
         if checks.MARK in line:
             say(f"booting ({time.monotonic() - started:.0f} s): {line.split(checks.MARK, 1)[1][:60]}")
         elif "kvm [" in line:
@@ -156,10 +161,14 @@ def boot(image: Path, vmlinux: Optional[Path] = None, mode: str = "protected", t
 
     say(f"booting {image.name} under QEMU (timeout {timeout:g} s)")
     try:
-        run = qemu.run_qemu(argv, timeout, on_line=on_line)
-    finally:
+        run = qemu.run_qemu(argv, timeout, on_line=on_line, stdin_pipe=tracer is not None,
+                            on_start=tracer.on_start if tracer is not None else None)
+    except BaseException:
         if tracer is not None:
-            tracer.close()
+            tracer.cleanup()
+        raise
+    if tracer is not None:
+        tracer.close()
     if console_file is not None:
         Path(console_file).write_text("\n".join(run.console) + "\n")
     if not run.console and run.returncode not in (0, None) and not run.timed_out:
@@ -180,6 +189,7 @@ def boot(image: Path, vmlinux: Optional[Path] = None, mode: str = "protected", t
                             f"no power-off within --timeout {timeout:g} s; QEMU was killed"))
     trace = None
     if tracer is not None:
+        say("mapping EL2 addresses to hyp functions")
         trace, tcheck = tracer.analyse(run)
         result.append(tcheck)
     kernel = next((ln.split("SCOPECHECK: kernel ", 1)[1] for ln in run.console if "SCOPECHECK: kernel " in ln), None)
@@ -203,8 +213,11 @@ def format_text(rep: BootReport) -> str:
            + (f" ({rep.kernel})" if rep.kernel else "")]
     for c in rep.checks:
         out.append(f"{c.status.upper():4}  {c.name}: {c.detail}")
-        for ev in c.evidence:
+        shown = c.evidence if len(c.evidence) <= MAX_TEXT_EVIDENCE else c.evidence[:MAX_TEXT_EVIDENCE - 1]
+        for ev in shown:
             out.append(f"      | {strip_timestamp(ev)}")
+        if len(shown) < len(c.evidence):
+            out.append(f"      | ... {len(c.evidence) - len(shown)} more lines (--format json lists all)")
     t = rep.timings
     parts = [f"{k.replace('_', ' ')} {v:.1f} s" for k, v in t.items() if v is not None]
     if parts:

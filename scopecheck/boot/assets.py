@@ -41,6 +41,7 @@ INIT_SCRIPT = """#!/bin/sh
 /bin/busybox --install -s /bin
 echo "SCOPECHECK: init started"
 echo "SCOPECHECK: cmdline $(cat /proc/cmdline)"
+grep -i "kernel code" /proc/iomem | sed 's/^ */SCOPECHECK: iomem /'
 if [ -c /dev/kvm ]; then
     echo "SCOPECHECK: kvm present $(ls -l /dev/kvm)"
 else
@@ -52,8 +53,16 @@ else
     echo "SCOPECHECK: btf absent"
 fi
 if [ -c /dev/kvm ]; then
+    markers=""
+    if grep -q scopecheck.trace /proc/cmdline; then
+        # the host turns QEMU's exec log on, then answers on the console
+        echo "SCOPECHECK: trace wait"
+        read -t 60 go
+        echo "SCOPECHECK: trace go $go"
+        markers="--markers"
+    fi
     echo "SCOPECHECK: kvm run begin"
-    /kvm_smoke run
+    /kvm_smoke run $markers
     echo "SCOPECHECK: kvm run status $?"
 fi
 /kvm_smoke btf {structs}

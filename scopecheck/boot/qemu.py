@@ -55,10 +55,10 @@ def qemu_binary() -> str:
 
 
 def qemu_argv(image: Path, initrd: Path, append: str, *, el2: bool = True, memory: str = "1G", smp: int = 2,
-              extra: tuple[str, ...] = ()) -> list[str]:
+              monitor: str = "none", extra: tuple[str, ...] = ()) -> list[str]:
     machine = "virt,gic-version=3" + (",virtualization=on" if el2 else "")
     return [qemu_binary(), "-M", machine, "-cpu", "max,pauth-impdef=on", "-m", memory, "-smp", str(smp),
-            "-nographic", "-monitor", "none", "-serial", "stdio", "-nic", "none", "-no-reboot",
+            "-nographic", "-monitor", monitor, "-serial", "stdio", "-nic", "none", "-no-reboot",
             "-kernel", str(image), "-initrd", str(initrd), "-append", append, *extra]
 
 
@@ -73,18 +73,21 @@ def _kill_group(proc: subprocess.Popen) -> None:
 
 
 def run_qemu(argv: list[str], timeout: float, on_line: Optional[Callable[[str], None]] = None,
-             stop_after_done: float = 3.0) -> QemuRun:
+             stop_after_done: float = 3.0, stdin_pipe: bool = False,
+             on_start: Optional[Callable[[subprocess.Popen], None]] = None) -> QemuRun:
     """Run QEMU until it exits, the kernel panics, or ``timeout`` seconds pass; never longer."""
     res = QemuRun(argv=list(argv))
     start = time.monotonic()
     deadline = start + timeout
-    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            start_new_session=True)
+    proc = subprocess.Popen(argv, stdin=subprocess.PIPE if stdin_pipe else subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
     sel = selectors.DefaultSelector()
     partial = {proc.stdout: b"", proc.stderr: b""}
     err_chunks: list[bytes] = []
     end_by: Optional[float] = None  # after a panic or the done marker: give QEMU a moment to exit
     try:
+        if on_start is not None:
+            on_start(proc)
         sel.register(proc.stdout, selectors.EVENT_READ)
         sel.register(proc.stderr, selectors.EVENT_READ)
         open_streams = 2
@@ -136,7 +139,9 @@ def run_qemu(argv: list[str], timeout: float, on_line: Optional[Callable[[str], 
             _kill_group(proc)  # stray children of the group, if any
         proc.wait()
         sel.close()
-        for s in (proc.stdout, proc.stderr):
+        for s in (proc.stdin, proc.stdout, proc.stderr):
+            if s is None:
+                continue
             try:
                 s.close()
             except OSError:

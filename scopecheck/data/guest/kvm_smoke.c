@@ -2,9 +2,12 @@
  * kvm_smoke: the program scopecheck's `boot` command runs inside the booted
  * arm64 kernel (from the initramfs, as root, before anything else).
  *
- *   kvm_smoke run            create a VM with one memory slot and one vcpu, run
+ *   kvm_smoke run [--markers] create a VM with one memory slot and one vcpu, run
  *                            guest code that ends in two MMIO writes, check the
- *                            exits (reason, address, length, value)
+ *                            exits (reason, address, length, value); with
+ *                            --markers, call a "begin" and an "end" stub at
+ *                            MARKER_PAGE around it, so a QEMU exec log filtered
+ *                            to that page brackets exactly this run
  *   kvm_smoke btf NAME...    print the size of each named struct from the
  *                            running kernel's BTF (/sys/kernel/btf/vmlinux)
  *
@@ -59,6 +62,33 @@ __asm__(
     "   .popsection\n");
 extern const unsigned char scopecheck_guest_start[], scopecheck_guest_end[];
 
+/* --markers: a page of code at a fixed user address; executing offset 0 means
+ * "the VM's life starts here", offset 0x40 "it ended". */
+#define MARKER_PAGE 0x5c09e0000ULL
+typedef void (*marker_fn)(void);
+static marker_fn marker_begin, marker_end;
+
+static void setup_markers(void)
+{
+    void *p = mmap((void *)(uintptr_t)MARKER_PAGE, 4096, PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
+    if (p != (void *)(uintptr_t)MARKER_PAGE) {
+        printf(MARK "markers unavailable: %s\n", strerror(errno));
+        return;
+    }
+    uint32_t *code = p;
+    code[0] = 0xd65f03c0;          /* ret */
+    code[0x40 / 4] = 0xd65f03c0;   /* ret */
+    __builtin___clear_cache((char *)p, (char *)p + 4096);
+    if (mprotect(p, 4096, PROT_READ | PROT_EXEC) != 0) {
+        printf(MARK "markers unavailable: mprotect: %s\n", strerror(errno));
+        return;
+    }
+    marker_begin = (marker_fn)p;
+    marker_end = (marker_fn)((char *)p + 0x40);
+    printf(MARK "markers at 0x%llx\n", (unsigned long long)MARKER_PAGE);
+}
+
 static int fail(const char *what)
 {
     printf(MARK "kvm error: %s: %s (errno %d)\n", what, strerror(errno), errno);
@@ -87,6 +117,8 @@ static const char *exit_name(uint32_t r)
 
 static int run_vm(void)
 {
+    if (marker_begin)
+        marker_begin();
     int kvm = open("/dev/kvm", O_RDWR | O_CLOEXEC);
     if (kvm < 0)
         return fail("open /dev/kvm");
@@ -168,12 +200,14 @@ static int run_vm(void)
             break;
         }
     }
-    if (ok)
-        printf(MARK "kvm guest ok\n");
-    fflush(stdout);
     close(vcpu);
     close(vm);
     close(kvm);
+    if (marker_end)
+        marker_end();
+    if (ok)
+        printf(MARK "kvm guest ok\n");
+    fflush(stdout);
     return ok ? 0 : 1;
 }
 
@@ -312,10 +346,12 @@ int main(int argc, char **argv)
         struct utsname u;
         if (uname(&u) == 0)
             printf(MARK "kernel %s %s %s\n", u.release, u.version, u.machine);
+        if (argc >= 3 && strcmp(argv[2], "--markers") == 0)
+            setup_markers();
         return run_vm();
     }
     if (argc >= 2 && strcmp(argv[1], "btf") == 0)
         return btf_sizes(argc - 2, argv + 2);
-    fprintf(stderr, "usage: kvm_smoke run | kvm_smoke btf STRUCT...\n");
+    fprintf(stderr, "usage: kvm_smoke run [--markers] | kvm_smoke btf STRUCT...\n");
     return 2;
 }
