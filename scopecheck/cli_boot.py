@@ -76,6 +76,9 @@ def boot_cmd(
                                    help="Report on stdout: text, or json (every check with name, passed, evidence)."),
     console: Optional[Path] = typer.Option(None, "--console", metavar="FILE",
                                            help="Also write the whole serial console to FILE."),
+    append: str = typer.Option("", "--append", metavar="ARGS",
+                               help="Extra kernel command line arguments, after scopecheck's own "
+                                    "(console=ttyAMA0 kvm-arm.mode=MODE rdinit=/init panic=-1); the last one wins."),
     el2: bool = typer.Option(True, "--el2/--no-el2",
                              help="Boot at EL2 (QEMU virtualization=on). --no-el2 shows a kernel without KVM."),
     trace_hyp: bool = typer.Option(False, "--trace-hyp",
@@ -93,7 +96,7 @@ def boot_cmd(
     try:
         with _Status(quiet) as status:
             rep = boot(image, vmlinux, mode.value, timeout, el2=el2, console_file=console,
-                       trace_hyp=trace_hyp, progress=status)
+                       trace_hyp=trace_hyp, append_extra=append, progress=status)
     except ScopecheckError as e:
         typer.echo("scopecheck: " + " ".join(str(e).split()), err=True)
         raise typer.Exit(getattr(e, "exit_code", 2))

@@ -126,7 +126,6 @@ def test_debian_61_protected_boot(debian61_boot, debian61):
     assert "6.1.0-" in rep["kernel"] and "cloud-arm64" in rep["kernel"]
     assert rep["timings"]["hyp_initialised"] < rep["timings"]["guest_mmio_exit"] <= rep["seconds"]
     assert seconds < 120
-    assert not _qemu_alive_with(debian61.image)
 
 
 def test_pkvm_tiny_protected_boot(tiny61_boot, tiny61):
@@ -179,9 +178,27 @@ def test_kvm_unavailable_without_el2(tiny61):
     assert checks["guest-mmio-exit"]["detail"] == "not run: /dev/kvm missing"
 
 
-def test_too_short_timeout_kills_qemu(debian61):
+def test_kernel_panic_is_reported(tiny61, tmp_path):
+    """No init to run: the kernel panics, QEMU exits (panic=-1, -no-reboot), status 'panic', exit 1."""
+    image = tmp_path / "Image"  # a path of our own, to look for a leftover QEMU by
+    image.symlink_to(tiny61.image)
+    proc = boot_cli(str(image), "--append", "rdinit=/nonexistent init=/nonexistent", "--format", "json",
+                    "-q", "--timeout", "60")
+    rep = _json(proc)
+    assert proc.returncode == 1
+    assert rep["status"] == "panic" and rep["seconds"] < 30
+    panic = _by_name(rep)["no-panic"]
+    assert panic["passed"] is False
+    assert panic["evidence"][-1].endswith("Kernel panic - not syncing: Requested init /nonexistent failed (error -2).")
+    assert _by_name(rep)["dev-kvm"]["detail"] == "init not reached: the kernel panicked"
+    assert not _qemu_alive_with(image)
+
+
+def test_too_short_timeout_kills_qemu(debian61, tmp_path):
+    image = tmp_path / "Image"
+    image.symlink_to(debian61.image)
     t = time.monotonic()
-    proc = boot_cli(str(debian61.image), "--timeout", "1.5", "--format", "json", "-q")
+    proc = boot_cli(str(image), "--timeout", "1.5", "--format", "json", "-q")
     elapsed = time.monotonic() - t
     rep = _json(proc)
     assert proc.returncode == 1
@@ -189,7 +206,7 @@ def test_too_short_timeout_kills_qemu(debian61):
     assert rep["seconds"] < 1.5 + 1.0
     assert _by_name(rep)["finished-in-time"]["passed"] is False
     assert elapsed < 30  # interpreter start + DWARF-free run: QEMU itself never outlives --timeout
-    assert not _qemu_alive_with(debian61.image)
+    assert not _qemu_alive_with(image)
 
 
 def test_corrupted_image_body_fails_cleanly(tiny61, tmp_path):

@@ -108,7 +108,7 @@ def dwarf_sizes(vmlinux: Path) -> dict[str, Optional[int]]:
 
 
 def boot(image: Path, vmlinux: Optional[Path] = None, mode: str = "protected", timeout: float = 120.0, *,
-         el2: bool = True, console_file: Optional[Path] = None, trace_hyp: bool = False,
+         el2: bool = True, console_file: Optional[Path] = None, trace_hyp: bool = False, append_extra: str = "",
          progress: Optional[Callable[[str], None]] = None) -> BootReport:
     """Boot ``image``, run the KVM smoke test in it, and check the console (see module doc)."""
     from scopecheck.boot import assets, checks, qemu
@@ -135,6 +135,8 @@ def boot(image: Path, vmlinux: Optional[Path] = None, mode: str = "protected", t
     prog = assets.guest_program()
     initrd = assets.initramfs(bb, prog)
     append = f"console=ttyAMA0 kvm-arm.mode={mode} rdinit=/init panic=-1"
+    if append_extra.strip():
+        append += " " + " ".join(append_extra.split())
     extra: tuple[str, ...] = ()
     monitor, smp = "none", 2
     tracer = None

@@ -83,7 +83,7 @@ class HypTracer:
             while True:
                 try:
                     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-                    s.settimeout(10)
+                    s.settimeout(5)
                     s.connect(self.sock_path)
                     break
                 except OSError:
