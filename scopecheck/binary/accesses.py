@@ -35,8 +35,9 @@ How a register gets a root (its *value* is a tuple of interpretations
   predecessor (after ``br`` jump tables) start empty. Transfer:
   ``mov xD, xS`` copies; ``add``/``sub xD, xS, #imm[, lsl #12]`` shift the
   offset (a ``sub`` tags the value, see below); pre/post-indexed addressing
-  updates the base; ``bl``/``blr`` clobber x0-x18 and x30, ``hvc``/``smc``/``svc``
-  x0-x17; any other write to a general register (including 32-bit writes and
+  updates the base; ``bl`` to a hyp C function clobbers only the registers that
+  function (transitively) writes (GCC's -fipa-ra relies on it), other ``bl`` and
+  ``blr`` clobber x0-x18 and x30, ``hvc``/``smc``/``svc`` x0-x17; any other write to a general register (including 32-bit writes and
   loads of non-root data) clears it.
 
 Accesses: ``ldr*/ldur*/ldp*/ldnp/ldxr*/ldaxr*/ldar*/ldapr*/ldxp/ldaxp`` are reads,
@@ -49,6 +50,11 @@ covers two registers (two accesses). The size is the register width (``x`` 8,
 ``[xN, xM, lsl #s]`` (a variable index) is reported as ``path[*]`` when xN
 points at the start of an array member whose element size is ``1 << s``, and
 is otherwise listed in ``stats["variable_index"]``.
+
+A ``sub xD, xS, #imm`` that takes a root pointer exactly to the start of a root
+containing it (``kvm_cpu_context`` - 0x100 = ``kvm_vcpu`` in 6.1) is a container_of:
+an Escalation ``via="sub"`` at the ``sub``, and the container becomes an
+alternative interpretation of xD.
 
 Resolving an access at ``offset + imm`` of a value: the first interpretation
 whose root holds the accessed bytes is used; if that is not the primary one an
@@ -73,7 +79,6 @@ root; a wide access spanning several fields gives one record per field.
 from __future__ import annotations
 
 import bisect
-import os
 import re
 import time
 
@@ -143,23 +148,6 @@ def binary_accesses(elf_or_path, facts: HypFacts | None = None, roots=None, prog
 def _say(progress, msg):
     if progress is not None:
         progress(msg)
-
-
-class _Intervals:
-    def __init__(self, items):
-        self.items = sorted(items, key=lambda t: (t[0], -t[1]))
-        self.starts = [t[0] for t in self.items]
-
-    def find(self, addr):
-        i = bisect.bisect_right(self.starts, addr) - 1
-        while i >= 0:
-            lo, hi, payload = self.items[i]
-            if lo <= addr < hi:
-                return payload
-            i -= 1
-            if addr - lo > 1 << 24:
-                break
-        return None
 
 
 class _Roots:
@@ -269,7 +257,6 @@ class _Seeds:
         self.loc = Locations(dwarf)
         self._type_cache: dict[int, str | None] = {}
         self._origin_type: dict[int, str | None] = {}
-        self._rl = None
         self.walker = None  # _DwarfWalker, for ranges
 
     def pointee_root(self, die) -> str | None:
@@ -460,6 +447,18 @@ def _run(elf: ElfImage, facts, roots, progress):
 
     read = _code_reader(elf, section_headers(elf))
     md = disasm._disassembler()
+    t = time.perf_counter()
+    code: dict = {}
+    for fn in facts.functions:
+        insns = []
+        for lo, hi in fn.ranges:
+            b = read(lo, hi)
+            if b:
+                insns.extend(_decode(md, b, lo, stats))
+        insns.sort(key=lambda x: x[0])
+        code[fn.key, fn.address] = insns
+    clob = _Clobbers(facts, code)
+    timings["decode"] = time.perf_counter() - t
     acc_out: dict = {}
     esc_out: dict = {}
     t_seed = t_flow = 0.0
@@ -485,18 +484,13 @@ def _run(elf: ElfImage, facts, roots, progress):
         stats["seeds"] += len(fseeds)
         t_seed += time.perf_counter() - ts
         tf = time.perf_counter()
-        insns = []
-        for lo, hi in fn.ranges:
-            code = read(lo, hi)
-            if not code:
-                continue
-            insns.extend(_decode(md, code, lo, stats))
+        insns = code[fn.key, fn.address]
         if not insns:
             stats["unanalysed_functions"].append((fn.name, "no code bytes"))
             t_flow += time.perf_counter() - tf
             continue
         stats["instructions"] += len(insns)
-        sites, escs = _analyse(fn, insns, fseeds, R, stats)
+        sites, escs = _analyse(fn, insns, fseeds, R, stats, clob)
         t_flow += time.perf_counter() - tf
         if not sites and not escs:
             continue
@@ -579,7 +573,100 @@ def _branch_target(mn, ops):
         return None
 
 
-def _analyse(fn, insns, fseeds, R: _Roots, stats):
+def _writes(mn, ops) -> set[int] | None:
+    """General registers an instruction may write (over-approximated); None: unknown (a call)."""
+    if mn in _CALLS or mn in ("hvc", "smc", "svc"):
+        return None
+    if mn == "b" or mn.startswith("b.") or mn in _END or mn in _NO_DEST:
+        return set()
+    out: set[int] = set()
+    i = ops.find("[")
+    if i >= 0:
+        pm = _parse_mem(ops)
+        if pm is not None:
+            regs, base, _imm, _idx, _sh, wb = pm
+            if wb is not None and base in _REGNUM:
+                out.add(_REGNUM[base])
+            if _STORE.match(mn) and not mn.startswith(("stxr", "stlxr", "stxp", "stlxp")):
+                return out
+            if mn.startswith("st") and _ATOMIC.match(mn):
+                return out
+            out.update(_REGNUM[r] for r in regs if r in _REGNUM)
+        return out
+    d = ops.split(",", 1)[0].strip()
+    if d in _REGNUM:
+        out.add(_REGNUM[d])
+    return out
+
+
+class _Clobbers:
+    """Registers a call to a hyp function may change: what the callee (and its callees) write.
+
+    GCC's -fipa-ra keeps values in caller-saved registers across calls to functions it
+    knows leave them alone, so clobbering x0-x18 at every ``bl`` would lose them. Calls
+    to unknown targets (and ``blr``) clobber x0-x18 and x30."""
+
+    ALL = frozenset(_CALL_CLOBBER)
+
+    def __init__(self, facts, code):
+        self.code = code
+        self.fn_at: dict[int, object] = {}
+        by_key = {}
+        for f in facts.functions:
+            if f.address is not None:
+                self.fn_at[f.address] = f
+            by_key.setdefault(f.key, f)
+        self.call_at: dict[int, object] = {}
+        for e in facts.edges:
+            if e.address is not None and e.callee is not None and e.kind in ("call_site", "bl", "tail_call", "b"):
+                f = by_key.get(e.callee)
+                if f is not None:
+                    self.call_at[e.address] = f
+        self._memo: dict = {}
+
+    def at_call(self, addr: int, target: int | None) -> frozenset:
+        f = self.call_at.get(addr)
+        if f is None and target is not None:
+            f = self.fn_at.get(target)
+        if f is None or f.is_asm:
+            return self.ALL
+        return self.of(f) | {30}
+
+    def of(self, f, depth=0) -> frozenset:
+        k = (f.key, f.address)
+        r = self._memo.get(k)
+        if r is not None:
+            return r
+        if depth > 20:
+            return self.ALL
+        self._memo[k] = self.ALL  # cycle guard
+        acc: set[int] = set()
+        for a, mn, ops in self.code.get(k, ()):
+            w = _writes(mn, ops)
+            if w is None:
+                if mn == "bl":
+                    tgt = _branch_target("b", ops)
+                    callee = self.call_at.get(a) or (self.fn_at.get(tgt) if tgt is not None else None)
+                    if callee is None or callee.is_asm or callee is f:
+                        acc.update(self.ALL)
+                    else:
+                        acc.update(self.of(callee, depth + 1))
+                        acc.add(30)
+                else:
+                    acc.update(self.ALL)
+                continue
+            acc.update(w)
+            if mn == "b":  # a tail call: the other function's writes too
+                tgt = _branch_target("b", ops)
+                callee = self.call_at.get(a) or (self.fn_at.get(tgt) if tgt is not None else None)
+                if callee is not None and callee is not f:
+                    acc.update(self.ALL if callee.is_asm else self.of(callee, depth + 1))
+        r = frozenset(acc & set(range(31)))
+        self._memo[k] = r
+        return r
+
+
+def _analyse(fn, insns, fseeds, R: _Roots, stats, clob=None):
     """Dataflow over one function: [(pc, reg, root, off, size, kind, paths)], [(pc, from, to, via)]."""
     insns.sort(key=lambda x: x[0])
     index = {a: i for i, (a, _m, _o) in enumerate(insns)}
@@ -642,6 +729,7 @@ def _analyse(fn, insns, fseeds, R: _Roots, stats):
 
     ctx = _Ctx(R, stats, seed_at, insns)
     ctx.mem_at = mem_at
+    ctx.clob = clob
     out_state: list = [None] * len(blocks)
     in_state: list = [None] * len(blocks)
     work = list(range(len(blocks)))
@@ -709,6 +797,7 @@ class _Ctx:
         self.escs: list = []
         self.record = False
         self.mem_at: dict = {}
+        self.clob = None
         self.i = 0
 
     # -- seeds --
@@ -754,7 +843,10 @@ class _Ctx:
         # branches and calls
         if c0 == "b" and (mn in _CALLS or mn == "b" or mn.startswith("b.") or mn in _END):
             if mn in _CALLS:
-                for r in _CALL_CLOBBER:
+                regs = _CALL_CLOBBER
+                if mn == "bl" and self.clob is not None:
+                    regs = self.clob.at_call(a, _branch_target("b", ops))
+                for r in regs:
                     st.pop(r, None)
             return
         if mn in _END or mn in _COND_BRANCH:
@@ -798,6 +890,15 @@ class _Ctx:
                     return
                 tag0 = "sub" if mn == "sub" else v[0][2]
                 nv = ((v[0][0], v[0][1] + imm, tag0),) + tuple((r, o + imm, t) for r, o, t in v[1:])
+                r0, o0 = v[0][0], v[0][1] + imm
+                if mn == "sub" and o0 < 0 and len(nv) == 1:
+                    # container_of: the result points exactly at a container of the root
+                    for b, eo in self.R.containers(r0):
+                        if eo + o0 == 0:
+                            nv = nv + ((b, 0, "sub"),)
+                            if record:
+                                self.escs.append((a, r0, b, "sub"))
+                            break
                 st[rd] = nv
             else:
                 st.pop(rd, None)
@@ -940,7 +1041,7 @@ class _Ctx:
             if R.fits(r, o + imm, w):
                 choice = (r, o + imm)
                 if r != pr:
-                    esc = (pr, r, "dwarf")
+                    esc = (pr, r, t or "dwarf")
                 break
         if choice is None:
             for b, eo in R.containers(pr):
