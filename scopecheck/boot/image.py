@@ -42,8 +42,6 @@ def check_image(path: Path) -> str:
                              "as IMAGE and the vmlinux with --vmlinux")
         raise WrongArchitecture(f"{p}: an ELF file for {arch}, not an arm64 kernel Image")
     if len(head) < 0x40 or head[ARM64_MAGIC_OFFSET:ARM64_MAGIC_OFFSET + 4] != ARM64_MAGIC:
-        if len(head) >= 0x206 or head[:2] == b"MZ":
-            pass
         hint = ""
         try:
             with open(p, "rb") as f:
@@ -52,13 +50,13 @@ def check_image(path: Path) -> str:
                 hint = " (it is an x86 bzImage)"
             elif boot[0x24:0x28] == b"\x18\x28\x6f\x01":
                 hint = " (it is a 32-bit ARM zImage)"
-            elif boot[0x30:0x34] == b"RISCV" [:4] or boot[0x38:0x3c] == b"RSC\x05":
+            elif boot[0x30:0x35] == b"RISCV" or boot[0x38:0x3c] == b"RSC\x05":
                 hint = " (it is a RISC-V Image)"
         except OSError:
             pass
         if hint:
             raise WrongArchitecture(f"{p}: not an arm64 kernel Image{hint}")
-        raise InputError(f"{p}: not an arm64 kernel Image (no 'ARM\\x64' magic at offset 0x38){hint}")
+        raise InputError(f"{p}: not an arm64 kernel Image (no 'ARM\\x64' magic at offset 0x38)")
     size = p.stat().st_size
     if what == "Image":
         _check_pe_size(p, size)
