@@ -126,7 +126,8 @@ def parse_tu(cmd: CompileCommand, roots=DEFAULT_ROOTS, source_root=None) -> TUFa
             if wk.key in seen:
                 continue
             seen.add(wk.key)
-            wk.run()
+            if ctx.worth_walking(c):
+                wk.run()
             out.functions.append(wk.function())
             out.per_function[wk.key] = {"accesses": wk.accesses, "escalations": wk.escalations,
                                         "calls": wk.calls, "address_taken": wk.address_taken}

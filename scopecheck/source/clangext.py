@@ -94,8 +94,24 @@ def strip(c):
     return c
 
 
+_VISIT = None
+
+
 def children(c) -> list:
-    return list(c.get_children())
+    """The children of a cursor (like ``get_children`` without its per-child null-cursor check)."""
+    global _VISIT
+    if _VISIT is None:
+        _VISIT = ci.callbacks["cursor_visit"]
+    out = []
+    tu = c._tu
+
+    def visitor(child, _parent, _data):
+        child._tu = tu
+        out.append(child)
+        return 1  # CXChildVisit_Continue
+
+    ci.conf.lib.clang_visitChildren(c, _VISIT(visitor), None)
+    return out
 
 
 def cast_operand(c):

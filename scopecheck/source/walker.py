@@ -52,6 +52,35 @@ class Context:
         self.roots = frozenset(roots)
         self.relpath = relpath  # absolute file name -> reported file name
         self.sizes: dict[str, int] = {}
+        self._text: dict[str, bytes] = {}
+        self._needles = [n.encode() for n in self.roots] + [b"container_of"]
+        self.main_file = os.path.normpath(tu.spelling) if tu is not None else None
+
+    def worth_walking(self, fn) -> bool:
+        """Walk a function fully unless it is a generic header function that never names a root.
+
+        Functions of the main file and of files with "kvm" in their path are always walked;
+        others only when their text mentions a root struct or container_of. Skipped ones are
+        still listed as functions (without their calls): they cannot reach a root's fields
+        by themselves, and walking every inline of every kernel header costs seconds per file.
+        """
+        ext = fn.extent
+        f = ext.start.file
+        if f is None:
+            return True
+        name = os.path.normpath(f.name)
+        if name == self.main_file or "kvm" in name:
+            return True
+        text = self._text.get(name)
+        if text is None:
+            try:
+                with open(name, "rb") as fh:
+                    text = fh.read()
+            except OSError:
+                text = b""
+            self._text[name] = text
+        body = text[ext.start.offset:ext.end.offset]
+        return not body or any(n in body for n in self._needles)
 
     def names(self, t) -> list[str]:
         return cx.record_names(t)
@@ -97,7 +126,8 @@ class FunctionWalker:
         self.file = ctx.relpath(fn.location.file.name)
         self.line = fn.location.line
         self.key = (fn.spelling, self.file, self.line)
-        self.defs: dict[int, list] = {}
+        self._defs: dict[int, list] = {}
+        self._body = None
         self.values: dict[int, Ref | None] = {}
         self.callee_refs: set[int] = set()
         self._tokens: dict | None = None
@@ -119,31 +149,39 @@ class FunctionWalker:
         body = None
         for c in self.fn.get_children():
             if c.kind == K.PARM_DECL:
-                self.defs.setdefault(c.hash, []).append("param")
+                self._defs.setdefault(c.hash, []).append("param")
             elif c.kind == K.COMPOUND_STMT:
                 body = c
         if body is None:
             return self
-        self._collect_defs(body)
+        self._body = body
         self._visit(body, [])
         return self
 
+    @property
+    def defs(self) -> dict[int, list]:
+        """Definitions of parameters and locals (collected on first use: most functions never ask)."""
+        if self._body is not None:
+            body, self._body = self._body, None
+            self._collect_defs(body)
+        return self._defs
+
     # ------------------------------------------------------------ definitions of locals
     def _collect_defs(self, c):
-        for ch in c.get_children():
+        for ch in cx.children(c):
             k = ch.kind
             if k == K.VAR_DECL:
                 kids = cx.children(ch)
                 if kids and kids[-1].kind.is_expression():
-                    self.defs.setdefault(ch.hash, []).append(kids[-1])
+                    self._defs.setdefault(ch.hash, []).append(kids[-1])
                 else:
-                    self.defs.setdefault(ch.hash, [])
+                    self._defs.setdefault(ch.hash, [])
             elif k == K.BINARY_OPERATOR and cx.binary_op(ch) == cx.BO_ASSIGN:
                 kids = cx.children(ch)
                 if len(kids) == 2:
                     lhs = cx.strip(kids[0])
                     if lhs.kind == K.DECL_REF_EXPR and lhs.referenced is not None:
-                        self.defs.setdefault(lhs.referenced.hash, []).append(kids[1])
+                        self._defs.setdefault(lhs.referenced.hash, []).append(kids[1])
             elif k in (K.UNARY_OPERATOR, K.COMPOUND_ASSIGNMENT_OPERATOR):
                 # p++ / p += n on a pointer: no longer a plain alias
                 kids = cx.children(ch)
@@ -151,7 +189,7 @@ class FunctionWalker:
                     t = cx.strip(kids[0])
                     if t.kind == K.DECL_REF_EXPR and t.referenced is not None and \
                             (k == K.COMPOUND_ASSIGNMENT_OPERATOR or cx.unary_op(ch) in cx.INC_DEC):
-                        self.defs.setdefault(t.referenced.hash, []).append("opaque")
+                        self._defs.setdefault(t.referenced.hash, []).append("opaque")
             self._collect_defs(ch)
 
     def var_value(self, decl) -> Ref | None:
@@ -464,7 +502,7 @@ class FunctionWalker:
             for i, ch in enumerate(kids[1:], 1):
                 self._visit(ch, stack + [(c, i)])
             return
-        for i, ch in enumerate(c.get_children()):
+        for i, ch in enumerate(cx.children(c)):
             self._visit(ch, stack + [(c, i)])
 
     def _up(self, stack, skip=cx.PASS_THROUGH):
