@@ -70,41 +70,50 @@ def _leaves(m: Member):
         yield from _leaves(c)
 
 
-def _group_path(path: str) -> str:
-    """The member the derived struct holds for a touched path."""
-    parts = path.replace("[", ".[").split(".")
-    if parts[0] == "arch" and len(parts) > 1:
-        if parts[1] == "hyp_state" and len(parts) > 2:
-            return "arch.hyp_state." + parts[2]
-        return "arch." + parts[1]
-    return parts[0]
+def _strip_index(path: str) -> str:
+    import re
+
+    return re.sub(r"\[[^\]]*\]", "", path)
+
+
+def _member_name(path: str) -> str:
+    p = path[5:] if path.startswith("arch.") else path
+    return p.replace(".", "_")
 
 
 def derive(footprint: dict, vcpu: StructLayout, ctxt: StructLayout, source: str = "") -> Derived:
     from scopecheck.layout import member
 
-    groups: dict[str, DerivedMember] = {}
-    for key, e in footprint.items():
+    # the touched fields outside kvm_cpu_context, at the granularity hyp uses them: whole
+    # arrays, bit-fields by their containing struct, nothing covered twice
+    touched: dict[str, list] = {}
+    for e in footprint.values():
         if e["root"] != "kvm_vcpu":
             continue
-        path = e["path"]
-        if path == "arch.ctxt" or path.startswith(("arch.ctxt.", "arch.ctxt[")):
-            continue
-        gp = _group_path(path)
-        if gp in ("arch", "arch.ctxt"):
+        path = _strip_index(e["path"])
+        if not path or path == "arch" or path == "arch.ctxt" or path.startswith("arch.ctxt."):
             continue
         try:
-            m = member(vcpu, gp)
+            m = member(vcpu, path)
         except KeyError:
             continue
-        d = groups.get(gp)
-        if d is None:
-            d = groups[gp] = DerivedMember(name=gp.rsplit(".", 1)[-1], path=gp, type_name=m.type_name,
-                                           size=m.size or 0, align=_align_of(m))
-        d.touched.append(path)
-        d.functions = sorted(set(d.functions) | set(e["functions"]))
-        acc = {d.access, e["access"]}
-        d.access = "rw" if ("rw" in acc or {"read", "write"} <= acc) else ("write" if "write" in acc else "read")
+        if m.bit_size is not None and "." in path:
+            path = path.rsplit(".", 1)[0]
+        touched.setdefault(path, []).append(e)
+    keep = [p for p in touched if not any(p != q and (p.startswith(q + ".")) for q in touched)]
+    groups: dict[str, DerivedMember] = {}
+    for gp in keep:
+        m = member(vcpu, gp)
+        d = groups[gp] = DerivedMember(name=_member_name(gp), path=gp, type_name=m.type_name,
+                                       size=m.size or 0, align=_align_of(m))
+        for q, entries in touched.items():
+            if q == gp or q.startswith(gp + "."):
+                for e in entries:
+                    d.touched.append(e["path"])
+                    d.functions = sorted(set(d.functions) | set(e["functions"]))
+                    acc = {d.access, e["access"]}
+                    d.access = "rw" if ("rw" in acc or {"read", "write"} <= acc) else \
+                        ("write" if "write" in acc else "read")
     members = sorted(groups.values(), key=lambda d: (-d.align, -d.size, d.path))
     off, align = 0, 1
     for d in members:
@@ -124,7 +133,10 @@ def to_c(d: Derived) -> str:
              " * outside struct kvm_cpu_context, ordered by alignment to minimise padding. */",
              "struct vcpu_hyp_state {"]
     for m in d.members:
-        decl = c_declarator(m.type_name, m.name) + ";"
+        if m.type_name in ("struct", "union", "enum"):  # an anonymous type: keep its size visible
+            decl = f"{m.type_name} {{ /* anonymous, {m.size} B */ }} {m.name};"
+        else:
+            decl = c_declarator(m.type_name, m.name) + ";"
         who = ", ".join(m.functions[:3]) + (f" +{len(m.functions) - 3}" if len(m.functions) > 3 else "")
         lines.append(f"\t{decl:<40} /* {m.offset:5d} {m.size:5d}  {m.path} ({m.access}: {who}) */".expandtabs(8))
     lines.append(f"}};\t/* size: {d.size}, members: {len(d.members)} */".expandtabs(8))

@@ -177,9 +177,14 @@ def prove(target, source=None, query: str | Query = "rfc-hyp-scope", *, binary_o
     from scopecheck.layout import load_layouts
 
     step("reading hyp functions from the binary")
-    with ElfImage(inp.elf) as elf:
-        elf.require_dwarf()
-        facts = hyp_functions(elf)
+    cached = _binary_cache_load(inp.elf) if use_cache else None
+    if cached is not None:
+        facts, b_acc, b_esc, b_stats = cached
+    else:
+        with ElfImage(inp.elf) as elf:
+            elf.require_dwarf()
+            facts = hyp_functions(elf)
+        b_acc = b_esc = b_stats = None
     if not facts.functions:
         raise InputError(f"{inp.elf}: no nVHE hyp code found (no __kvm_nvhe_ functions with DWARF)")
     layouts = {k: v for k, v in load_layouts(inp.elf, ROOTS, use_cache=use_cache).items() if v}
@@ -215,10 +220,13 @@ def prove(target, source=None, query: str | Query = "rfc-hyp-scope", *, binary_o
                 escalations.append(Escalation(e.from_root, e.to_root, k, norm_file(e.file, root_str), e.line,
                                               e.col, e.origin, e.via))
     # the binary: everything in binary-only mode; with source, only functions the source did not cover
-    step("reading loads and stores of vcpu fields from the machine code")
-    from scopecheck.binary.accesses import binary_accesses
+    if b_acc is None:
+        step("reading loads and stores of vcpu fields from the machine code")
+        from scopecheck.binary.accesses import binary_accesses
 
-    b_acc, b_esc, b_stats = binary_accesses(inp.elf, facts)
+        b_acc, b_esc, b_stats = binary_accesses(inp.elf, facts)
+        if use_cache:
+            _binary_cache_save(inp.elf, (facts, b_acc, b_esc, b_stats))
     covered = {a.function for a in accesses} | ({g.map_key(norm_key(f.key, root_str)) for f in src_facts.functions}
                                                  if src_facts is not None else set())
     for a in b_acc:
@@ -271,6 +279,49 @@ def prove(target, source=None, query: str | Query = "rfc-hyp-scope", *, binary_o
              "binary": b_stats if isinstance(b_stats, dict) else {}}
     return ProofResult(q, inp, mode, limits, g, [a for a, _ in canon], leaks, footprint, g.unresolved,
                        stats, diagnostics)
+
+
+def _binary_cache_path(elf_path: Path) -> Path | None:
+    from scopecheck import __version__
+    from scopecheck.binary.elf import ElfImage
+    from scopecheck.paths import cache_dir
+
+    try:
+        with ElfImage(elf_path) as elf:
+            ident = f"{elf.build_id}|{elf.file_size}|{elf.mtime_ns}|{os.path.realpath(elf_path)}|{__version__}"
+    except InputError:
+        return None
+    return cache_dir("hyp") / (hashlib.sha256(ident.encode()).hexdigest()[:32] + ".pickle")
+
+
+def _binary_cache_load(elf_path: Path):
+    """Binary facts of this exact ELF from a previous run (pickled; a bad file is ignored)."""
+    import pickle
+
+    p = _binary_cache_path(elf_path)
+    if p is None or not p.is_file():
+        return None
+    try:
+        with open(p, "rb") as f:
+            data = pickle.load(f)
+        if isinstance(data, tuple) and len(data) == 4:
+            return data
+    except Exception:
+        pass
+    return None
+
+
+def _binary_cache_save(elf_path: Path, data) -> None:
+    import pickle
+
+    from scopecheck.paths import atomic_write_bytes
+
+    p = _binary_cache_path(elf_path)
+    if p is not None:
+        try:
+            atomic_write_bytes(p, pickle.dumps(data, protocol=pickle.HIGHEST_PROTOCOL))
+        except (OSError, pickle.PicklingError, TypeError, AttributeError):
+            pass
 
 
 def _source_facts(inp: Inputs, use_cache: bool, progress):

@@ -20,9 +20,9 @@ def _loc(file, line, col=None) -> str:
 
 def text(r: ProofResult) -> str:
     q = r.query
-    out = [f"query {q.id}: {q.title}",
-           f"target {r.inputs.elf} ({r.mode}); {r.stats['functions']} hyp functions, "
-           f"{r.stats['edges']} call edges, {len(r.footprint)} fields touched"]
+    out = [f"{r.inputs.elf} ({r.mode}): {r.stats['functions']} hyp functions, "
+           f"{r.stats['edges']} call edges, {len(r.footprint)} fields touched",
+           f"query {q.id}: {q.title}"]
     for lim in r.limitations:
         out.append(f"note: {lim}")
     gating = r.gating_leaks

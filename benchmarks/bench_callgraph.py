@@ -1,0 +1,129 @@
+#!/usr/bin/env python3
+"""Benchmark the scope proof (`scopecheck callgraph`) and compare with a Coccinelle field query.
+
+In one run, medians of N:
+  * binary-only call graph + proof of Debian's 6.1 dbg vmlinux, cold (--no-cache)  target <= 3 s
+  * full proof (source + binary) of the 6.1 pkvm-tiny build, cold (--no-cache)      target <= 20 s
+  * the same, warm (caches filled)                                                  target <= 2 s
+  * spatch (Debian package coccinelle) with a simple kvm_vcpu field query over the same
+    hyp .c files: time, and how many distinct kvm_vcpu fields each tool finds.
+
+Usage: python benchmarks/bench_callgraph.py [--runs N] [--vmlinux V] [--build DIR]
+Without --vmlinux / --build, Debian's 6.1 vmlinux is fetched and pkvm-tiny is built (cached).
+spatch is optional: without it that row is skipped (apt-get install coccinelle).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+COCCI = """@r@
+struct kvm_vcpu *v;
+identifier f;
+@@
+(
+v->arch.f
+|
+v->f
+)
+
+@script:python@
+f << r.f;
+@@
+print("FIELD", f)
+"""
+
+
+def sc() -> list[str]:
+    exe = Path(sys.executable).with_name("scopecheck")
+    return [str(exe)] if exe.exists() else [sys.executable, "-m", "scopecheck"]
+
+
+def timed(cmd, env=None) -> tuple[float, str]:
+    t = time.perf_counter()
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    wall = time.perf_counter() - t
+    if r.returncode not in (0, 1):
+        raise SystemExit(f"benchmark: {' '.join(map(str, cmd))} exited {r.returncode}: {r.stderr.strip()[:400]}")
+    return wall, r.stdout
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--vmlinux")
+    ap.add_argument("--build")
+    a = ap.parse_args()
+    sys.path.insert(0, str(ROOT))
+    sys.path.insert(0, str(ROOT / "tests"))
+    if a.vmlinux:
+        vml = Path(a.vmlinux)
+    else:
+        from scopecheck.kernels.debian import fetch_vmlinux
+
+        vml = fetch_vmlinux("debian:6.1")
+    if a.build:
+        build = Path(a.build)
+    else:
+        from build_cache import pkvm_tiny_61
+
+        build = pkvm_tiny_61().out
+    rows: dict[str, list[float]] = {}
+    outs: dict[str, str] = {}
+    cases = {
+        "binary-only, Debian 6.1 vmlinux, cold": sc() + ["callgraph", "--no-cache", "--format", "json", str(vml)],
+        "source+binary, 6.1 pkvm-tiny, cold": sc() + ["callgraph", "--no-cache", "--format", "json", str(build)],
+        "source+binary, 6.1 pkvm-tiny, warm": sc() + ["callgraph", "--format", "json", str(build)],
+    }
+    timed(cases["source+binary, 6.1 pkvm-tiny, warm"])  # fill the caches
+    spatch = shutil.which("spatch")
+    src = (build / "source").resolve()
+    hyp_c = sorted((src / "arch/arm64/kvm/hyp/nvhe").glob("*.c"))
+    cocci = Path(tempfile.mkdtemp()) / "fields.cocci"
+    cocci.write_text(COCCI)
+    if spatch:
+        cases["spatch kvm_vcpu field query (same hyp .c files)"] = [
+            spatch, "--sp-file", str(cocci), "--very-quiet", "--no-includes",
+            "-I", str(src / "arch/arm64/include"), "-I", str(src / "include"), *map(str, hyp_c)]
+    for _ in range(a.runs):
+        for name, cmd in cases.items():
+            w, out = timed(cmd)
+            rows.setdefault(name, []).append(w)
+            outs[name] = out
+    targets = {"binary-only, Debian 6.1 vmlinux, cold": 3.0, "source+binary, 6.1 pkvm-tiny, cold": 20.0,
+               "source+binary, 6.1 pkvm-tiny, warm": 2.0}
+    ours = json.loads(outs["source+binary, 6.1 pkvm-tiny, warm"])
+    ours_fields = {f["path"].split(".")[0] if not f["path"].startswith("arch.") else
+                   ".".join(f["path"].split(".")[:2]) for f in ours["footprint"] if f["root"] == "kvm_vcpu"}
+    print(f"vmlinux {vml}\nbuild {build}\n{a.runs} runs each, medians")
+    peer = statistics.median(rows[next(iter(k for k in cases if k.startswith("spatch")))]) if spatch else None
+    print(f"{'case':52} {'median s':>9} {'target':>8} {'x spatch':>9}")
+    for name, ts in rows.items():
+        med = statistics.median(ts)
+        t = targets.get(name)
+        verdict = "" if t is None else (f"<= {t:.0f} s " + ("met" if med <= t else "MISSED"))
+        ratio = f"{med / peer:9.2f}" if peer else "        -"
+        print(f"{name:52} {med:9.2f} {verdict:>8} {ratio}")
+    print(f"distinct kvm_vcpu fields (top level / arch.X), scopecheck source+binary: {len(ours_fields)}; "
+          f"all field paths: {sum(1 for f in ours['footprint'] if f['root'] == 'kvm_vcpu')}")
+    if spatch:
+        sp = {m for m in re.findall(r"^FIELD (\w+)", outs[next(k for k in cases if k.startswith('spatch'))], re.M)}
+        print(f"distinct kvm_vcpu fields found by the spatch query: {len(sp)}")
+    else:
+        print("spatch not installed: apt-get install coccinelle to compare")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
