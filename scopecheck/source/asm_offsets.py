@@ -126,9 +126,15 @@ def _track_other(mnem, opl, dest, regs, symbol_roots):
     if mnem == "mov" and dest and len(opl) >= 2 and (src := _reg(opl[1])) and src in regs:
         regs[dest] = regs[src]
         return
-    if dest and not mnem.startswith(("b", "c", "t", "st", "msr", "ret", "eret", "isb", "dsb", "dmb",
-                                      "hvc", "smc", "nop", "prfm")):
-        regs.pop(dest, None)
+    if mnem.startswith(("b", "c", "t", "msr", "ret", "eret", "isb", "dsb", "dmb", "hvc", "smc", "nop",
+                        "prfm")) and mnem not in ("bic", "bfi", "bfxil", "csel", "cset", "csinc", "clz"):
+        return
+    # anything else (an instruction, or an assembler macro such as get_vcpu_ptr that may
+    # clobber any of its operands): forget every register it names
+    for o in opl:
+        r = _reg(o)
+        if r:
+            regs.pop(r, None)
 
 
 def asm_accesses(s_files: Iterable, constants: dict, function_of: Callable | None = None,
@@ -241,7 +247,9 @@ def asm_accesses(s_files: Iterable, constants: dict, function_of: Callable | Non
             const, via, offset = use
             croot, cpath, _ = constants[const]
             base = regs.get(src) if src else None
-            if base and base[0] != "@page":
+            if base and base[0] != "@page" and not (base[1] and base[0] == croot):
+                # (a struct cannot contain itself: a constant of the register's own root
+                # means our idea of the register is stale; trust the constant)
                 croot, cpath = base[0], f"{base[1]}.{cpath}" if base[1] else cpath
                 offset = base[2] + offset if base[2] is not None and offset is not None else None
             if kind == "addr" and dest:
