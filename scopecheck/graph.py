@@ -44,13 +44,24 @@ class HypGraph:
     unresolved: list = field(default_factory=list)  # dicts describing unresolved indirect calls
     key_map: dict = field(default_factory=dict)  # source key -> binary key
     _parents: dict | None = None
+    _by_name: dict | None = None
 
     def node_name(self, key: FuncKey) -> str:
         return key[0]
 
     def map_key(self, key: FuncKey) -> FuncKey | None:
         """The binary key a source function key corresponds to (None if not in the binary)."""
-        return self.key_map.get(key, key if key in self.in_binary else None)
+        if key in self.key_map:
+            return self.key_map[key]
+        if key in self.in_binary:
+            return key
+        if self._by_name is None:
+            self._by_name = {}
+            for k in self.in_binary:
+                self._by_name.setdefault(k[0], []).append(k)
+        found = _match(key, self._by_name)
+        self.key_map[key] = found
+        return found
 
     def chain(self, key: FuncKey) -> list[FuncKey]:
         """Shortest call chain entry -> ... -> key (just [key] when no entry reaches it)."""

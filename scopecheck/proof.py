@@ -144,8 +144,6 @@ def resolve_inputs(target: str | os.PathLike, source: str | os.PathLike | None =
             if c.is_file():
                 offs = c
                 break
-    if compdb is not None and src_root is None:
-        src_root = compdb.parent
     return Inputs(elf, build_dir, src_root, compdb, offs)
 
 
@@ -193,11 +191,11 @@ def prove(target, source=None, query: str | Query = "rfc-hyp-scope", *, binary_o
 
     src_facts = None
     diagnostics: list[str] = []
-    root_str = str(inp.source_root) if inp.source_root else None
     if inp.compdb is not None:
         step("reading hyp source with libclang")
-        src_facts = _source_facts(inp, use_cache, progress)
+        src_facts, inp.source_root = _source_facts(inp, use_cache, progress)
         diagnostics.extend(src_facts.diagnostics)
+    root_str = str(inp.source_root) if inp.source_root else None
     mode = "source+binary" if src_facts is not None else "binary-only"
     limits = [] if src_facts is not None else list(BINARY_ONLY_LIMITS)
 
@@ -254,6 +252,8 @@ def prove(target, source=None, query: str | Query = "rfc-hyp-scope", *, binary_o
         if judged_funcs is not None and a.function not in judged_funcs:
             continue
         verdict = q.is_allowed(a.root, a.path)
+        if verdict is False and a.access == "addr" and _contains_allowed(q, a.root, a.path):
+            continue  # &vcpu->arch: taking the address of a struct that holds allowed fields
         if verdict is False:
             leaks.append(_leak(q, g, a, "field"))
     if q.escalations:
@@ -329,29 +329,45 @@ def _source_facts(inp: Inputs, use_cache: bool, progress):
     from scopecheck.source.clang_facts import source_facts
 
     cmds = cdb.load(inp.compdb, source_root=inp.source_root)
-    hyp = [c for c in cmds if _is_hyp_source(c)]
+    kernel = any(_is_nvhe(c) for c in cmds)
+    hyp = [c for c in cmds if _is_hyp_source(c, kernel)]
+    root = inp.source_root
+    if root is None and hyp:  # no kernel tree: the entries' common directory
+        root = Path(os.path.commonpath([c.directory for c in hyp]))
     if not hyp:
         raise InputError(f"{inp.compdb}: no nVHE hyp sources in the compilation database")
     c_cmds = [c for c in hyp if str(c.file).endswith(".c")]
     s_files = [c.file for c in hyp if str(c.file).endswith(".S")]
+    if kernel and not s_files and root is not None:
+        # the kernel's database lists no .S: take the hyp assembly of the nvhe objects
+        hyp_dir = Path(root) / "arch/arm64/kvm/hyp"
+        s_files = sorted(str(p) for p in [*hyp_dir.glob("nvhe/*.S"), *hyp_dir.glob("*.S")])
     facts = source_facts(c_cmds, roots=ROOTS, cache=use_cache)
     if inp.asm_offsets is not None and s_files:
         from scopecheck.source.asm_offsets import asm_accesses, parse_asm_offsets
 
         consts = parse_asm_offsets(inp.asm_offsets)
         facts.accesses.extend(asm_accesses(s_files, consts))
-    return facts
+    return facts, root
 
 
-def _is_hyp_source(cmd) -> bool:
+def _is_nvhe(cmd) -> bool:
+    """nVHE hyp objects: files in hyp/nvhe/, and shared hyp/*.c compiled with __KVM_NVHE_HYPERVISOR__."""
+    if "-D__KVM_NVHE_HYPERVISOR__" in cmd.arguments:
+        return True
+    if "-D__KVM_VHE_HYPERVISOR__" in cmd.arguments:
+        return False
     f = str(cmd.file)
     out = str(getattr(cmd, "output", "") or "")
-    if out.endswith((".s", ".i")) or "asm-offsets" in f:
+    return "/kvm/hyp/nvhe/" in f or "/kvm/hyp/nvhe/" in out or f.startswith(NVHE_DIR)
+
+
+def _is_hyp_source(cmd, kernel: bool) -> bool:
+    """In a kernel's database the nVHE objects; in any other (the fixture) every entry."""
+    out = str(getattr(cmd, "output", "") or "")
+    if out.endswith((".s", ".i")) or "asm-offsets" in str(cmd.file):
         return False  # generators compiled with -S, not hyp code
-    if "/kvm/hyp/nvhe/" in f or "/kvm/hyp/nvhe/" in out or f.startswith(NVHE_DIR):
-        return True
-    # the fixture and other non-kernel trees: every entry is hyp code
-    return "/arch/arm64/" not in f and not f.startswith("arch/")
+    return _is_nvhe(cmd) if kernel else True
 
 
 def _with(a: FieldAccess, **kw) -> FieldAccess:
@@ -397,6 +413,12 @@ def _applicable_functions(q: Query, src, g: HypGraph, root) -> set | None:
 
 def _norm_type(t: str) -> str:
     return " ".join(t.replace("const ", "").replace("*", " * ").split())
+
+
+def _contains_allowed(q: Query, root: str, path: str) -> bool:
+    from scopecheck.query import path_has_prefix
+
+    return any(path_has_prefix(p, path) for p in (q.allowed_prefixes(root) or []))
 
 
 def _leak(q: Query, g: HypGraph, a: FieldAccess, kind: str) -> Leak:
