@@ -29,6 +29,8 @@ FLAGS = ["-std=gnu11", "-O2", "-g", "-gdwarf-5", "-nostdinc", "-ffreestanding", 
 def markers(src: Path, qid: str) -> tuple[set[int], set[int]]:
     must, must_not = set(), set()
     for n, line in enumerate(src.read_text().splitlines(), 1):
+        if line.lstrip().startswith(("*", "/*")):
+            continue  # the explanatory header comment
         if re.search(rf"\bruleid: {re.escape(qid)}\b", line):
             must.add(n)
         elif re.search(rf"\bok: {re.escape(qid)}\b", line):
