@@ -119,6 +119,13 @@ class PathChoice(str, Enum):
     source = "source"
 
 
+class BuildPath(str, Enum):
+    out = "out"
+    vmlinux = "vmlinux"
+    image = "image"
+    kvm_nvhe_o = "kvm_nvhe_o"
+
+
 @kernel_app.command("fetch")
 @_one_line_errors
 def fetch_cmd(
@@ -255,6 +262,11 @@ def build_cmd(
         typer.Option("--format", help="Output on stdout: text ('name: path' lines) or json.", case_sensitive=False),
     ] = OutputFormat.text,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output on stderr.")] = False,
+    path: Annotated[
+        Optional[BuildPath],
+        typer.Option("--path", help="Print only this one path (for $(...) in scripts): out (the build "
+                                    "directory), vmlinux, image or kvm_nvhe_o.", case_sensitive=False),
+    ] = None,
 ) -> None:
     """Cross-build arm64 vmlinux, Image, kvm_nvhe.o and compile_commands.json from a kernel source.
 
@@ -268,4 +280,7 @@ def build_cmd(
         else:
             k = build_kernel(src, out, config=config, jobs=jobs, patches=patch or (), llvm=llvm,
                              progress=progress)
+    if path is not None:
+        typer.echo(str(getattr(k, path.value)))
+        return
     print_result(k, output_format is OutputFormat.json)
