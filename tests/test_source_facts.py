@@ -271,7 +271,7 @@ def test_cache_warm_run_and_header_change(tmp_path, monkeypatch):
     assert reparsed == n_c - 1  # offsets.c does not include inline.h
     assert again.accesses == cold.accesses
     # a corrupt cache file is ignored and rewritten
-    for p in (tmp_path / "cache" / "source").glob("*.facts.json"):
+    for p in (tmp_path / "cache" / "source").glob("*.facts.pickle"):
         p.write_text("{corrupt")
     before = STATS.copy()
     assert source_facts(cmds, roots=ROOTS) == cold

@@ -70,8 +70,11 @@ def load(path_or_dir, source_root=None) -> list[CompileCommand]:
         if isinstance(e.get("arguments"), list) and all(isinstance(a, str) for a in e["arguments"]):
             args = tuple(e["arguments"])
         elif isinstance(e.get("command"), str):
+            command = e["command"]
             try:
-                args = tuple(shlex.split(e["command"]))
+                # kbuild's commands rarely quote anything; str.split is 50x faster than shlex
+                args = tuple(command.split() if not any(c in command for c in "'\"\\") else
+                             shlex.split(command))
             except ValueError as err:
                 raise InputError(f"{jp}: entry {i}: cannot split 'command' ({err})") from None
         else:
