@@ -328,8 +328,10 @@ def _source_facts(inp: Inputs, use_cache: bool, progress):
     from scopecheck.source import compdb as cdb
     from scopecheck.source.clang_facts import source_facts
 
-    cmds = cdb.load(inp.compdb, source_root=inp.source_root)
-    kernel = any(_is_nvhe(c) for c in cmds)
+    text = inp.compdb.read_text(errors="replace")
+    kernel = "__KVM_NVHE_HYPERVISOR__" in text or "/kvm/hyp/nvhe/" in text
+    keep = (lambda f, raw: "__KVM_NVHE_HYPERVISOR__" in raw or "/kvm/hyp/nvhe/" in f) if kernel else None
+    cmds = cdb.load(inp.compdb, source_root=inp.source_root, keep=keep)
     hyp = [c for c in cmds if _is_hyp_source(c, kernel)]
     root = inp.source_root
     if root is None and hyp:  # no kernel tree: the entries' common directory
