@@ -174,14 +174,19 @@ def _read_pickle(p: Path):
         return None
 
 
+def _index_path(args, cmd: CompileCommand, roots, source_root) -> tuple[Path, Path]:
+    """The cache dir and the TU's index file (which names its includes, hence its facts key)."""
+    d = cache_dir("source")
+    ident = hashlib.sha256(json.dumps([CACHE_SCHEMA, __version__, args, cmd.file, sorted(roots),
+                                       str(source_root)]).encode()).hexdigest()
+    return d, d / f"{ident}.index.json"
+
+
 def cached_tu(cmd: CompileCommand, roots, source_root, cache: bool, memo: dict) -> TUFacts:
     if not cache:
         return parse_tu(cmd, roots, source_root)
     args = clang_args(cmd)
-    d = cache_dir("source")
-    ident = hashlib.sha256(json.dumps([CACHE_SCHEMA, __version__, args, cmd.file, sorted(roots),
-                                       str(source_root)]).encode()).hexdigest()
-    index_p = d / f"{ident}.index.json"
+    d, index_p = _index_path(args, cmd, roots, source_root)
     idx = _read_json(index_p)
     if isinstance(idx, dict) and isinstance(idx.get("includes"), list):
         key = _tu_key(args + sorted(roots), cmd.file, idx["includes"], memo)
@@ -227,10 +232,9 @@ def source_facts(commands: Iterable[CompileCommand], roots=DEFAULT_ROOTS, files=
     seen_at: set = set()
     memo: dict = {}
     cmds = [c for c in commands if not c.is_asm and c.file.endswith(".c") and _selected(c, files)]
-    for i, cmd in enumerate(cmds, 1):
+    for i, (cmd, tf) in enumerate(_facts_of(cmds, tuple(roots), source_root, cache, memo), 1):
         if progress:
             progress(f"[{i}/{len(cmds)}] {cmd.file}")
-        tf = cached_tu(cmd, tuple(roots), source_root, cache, memo)
         facts.files.append(cmd.file)
         facts.diagnostics.extend(tf.diagnostics)
         for fn in tf.functions:
@@ -249,6 +253,52 @@ def source_facts(commands: Iterable[CompileCommand], roots=DEFAULT_ROOTS, files=
                 seen_at.add(k)
                 facts.address_taken.append(a)
     return facts
+
+
+def _tu_job(args):
+    cmd, roots, source_root, cache = args
+    return cached_tu(cmd, roots, source_root, cache, {}), None
+
+
+def _facts_of(cmds, roots, source_root, cache: bool, memo: dict):
+    """(command, TUFacts) in order; translation units missing from the cache are parsed on every
+    core (libclang walks are CPU-bound), the rest read here."""
+    todo = []
+    if len(cmds) > 2 and (os.cpu_count() or 1) > 1:
+        for c in cmds:
+            if not cache or not _cached_only(c, roots, source_root, memo):
+                todo.append(c)
+    if len(todo) < 2:
+        for c in cmds:
+            yield c, cached_tu(c, roots, source_root, cache, memo)
+        return
+    import concurrent.futures as cf
+    import multiprocessing as mp
+
+    done: dict = {}
+    try:
+        with cf.ProcessPoolExecutor(max_workers=min(os.cpu_count() or 1, len(todo)),
+                                    mp_context=mp.get_context("fork")) as ex:
+            jobs = [(c, roots, source_root, cache) for c in todo]
+            for c, (tf, st) in zip(todo, ex.map(_tu_job, jobs)):
+                done[c.file, c.arguments] = tf
+                STATS["parsed"] += 1  # parsed in a worker
+    except (OSError, cf.process.BrokenProcessPool):
+        done = {}  # no worker processes here: do it in this one
+    for c in cmds:
+        tf = done.get((c.file, c.arguments))
+        yield c, tf if tf is not None else cached_tu(c, roots, source_root, cache, memo)
+
+
+def _cached_only(cmd, roots, source_root, memo) -> bool:
+    """True when the cache holds this TU (so reading it here is cheaper than a worker)."""
+    args = clang_args(cmd)
+    d, index_p = _index_path(args, cmd, roots, source_root)
+    idx = _read_json(index_p)
+    if not (isinstance(idx, dict) and isinstance(idx.get("includes"), list)):
+        return False
+    key = _tu_key(args + sorted(roots), cmd.file, idx["includes"], memo)
+    return (d / f"{key}.facts.pickle").is_file()
 
 
 def enum_constants(cmd: CompileCommand) -> dict[str, int]:
