@@ -218,6 +218,10 @@ def _add_subapps() -> None:
     except ImportError:
         return
     app.command("boot")(boot_cmd)
+    from scopecheck.cli_report import diff_cmd, report_cmd
+
+    app.command("report")(report_cmd)
+    app.command("diff")(diff_cmd)
 
 
 _add_subapps()

@@ -25,8 +25,8 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
 BLOCK = re.compile(r"<!-- readme-test: ([\w-]+) -->\n```console\n(.*?)```\n", re.S)
-COMMANDS = [["size"], ["callgraph"], ["derive"], ["boot"], ["kernel", "fetch"], ["kernel", "list"],
-            ["kernel", "build"]]
+COMMANDS = [["size"], ["callgraph"], ["derive"], ["boot"], ["report"], ["diff"], ["kernel", "fetch"],
+            ["kernel", "list"], ["kernel", "build"]]
 
 
 def _env() -> dict:
@@ -122,7 +122,8 @@ def update() -> None:
             r = run(cmd)
             if r.returncode != 0:
                 raise SystemExit(f"`{cmd}` failed: {r.stderr}")
-            body.append(f"$ {cmd}\n" + "\n".join(_normalize(r.stdout)) + "\n")
+            out = _normalize(r.stdout)
+            body.append(f"$ {cmd}\n" + ("\n".join(out) + "\n" if out else ""))
         pieces.append(text[last:lo] + "".join(body))
         last = hi
     pieces.append(text[last:])
