@@ -105,15 +105,11 @@ class DeriveFormat(str, Enum):
 
 
 def _progress(quiet: bool):
-    """A rich spinner on stderr (only on a terminal); returns (context manager, step callback)."""
-    import contextlib
+    """A status line on stderr (see scopecheck.progress); returns (context manager, step callback)."""
+    from scopecheck.progress import StatusLine
 
-    if quiet or not sys.stderr.isatty():
-        return contextlib.nullcontext(), None
-    from rich.console import Console
-
-    status = Console(stderr=True).status("scopecheck")
-    return status, lambda msg: status.update(msg)
+    status = StatusLine(quiet)
+    return status, status
 
 
 def _emit(text: str, output: Optional[Path]) -> None:

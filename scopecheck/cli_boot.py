@@ -15,6 +15,7 @@ from typing import Optional
 
 import typer
 
+from scopecheck.progress import StatusLine
 from scopecheck.errors import ScopecheckError
 
 
@@ -28,37 +29,14 @@ class BootFormat(str, Enum):
     json = "json"
 
 
-class _Status:
-    """A rich status line on a terminal, plain 'scopecheck: ...' lines otherwise; silent with --quiet."""
+class _Status(StatusLine):
+    """Boot progress; the per-second "booting (N s)" ticks only on a terminal."""
 
     def __init__(self, quiet: bool):
-        from rich.console import Console
+        super().__init__(quiet, "scopecheck boot")
 
-        self.quiet = quiet
-        self.console = Console(stderr=True)
-        self.live = self.console.is_terminal and not quiet
-        self.status = None
-        self.last = None
-
-    def __enter__(self):
-        if self.live:
-            self.status = self.console.status("scopecheck boot")
-            self.status.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        if self.status is not None:
-            self.status.__exit__(*exc)
-        return False
-
-    def __call__(self, msg: str) -> None:
-        if self.quiet:
-            return
-        if self.status is not None:
-            self.status.update(msg)
-        elif not msg.startswith("booting (") and msg != self.last:
-            self.last = msg
-            print(f"scopecheck: {msg}", file=sys.stderr, flush=True)
+    def plain(self, msg: str) -> str | None:
+        return None if msg.startswith("booting (") else msg
 
 
 def boot_cmd(

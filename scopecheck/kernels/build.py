@@ -59,6 +59,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Optional, Sequence
 
+from scopecheck.progress import StatusLine
 from scopecheck.errors import InputError, ScopecheckError, ToolMissing
 from scopecheck.paths import atomic_write_text, cache_dir
 
@@ -919,42 +920,21 @@ def cached_build(
 # --------------------------------------------------------------------------- CLI helper
 
 
-class StderrBuildProgress:
-    """A progress callback: a rich spinner with the current kbuild step on a terminal, plain stage lines otherwise."""
+class StderrBuildProgress(StatusLine):
+    """progress(stage, done, total): the current kbuild step on a terminal, one line per stage otherwise."""
 
     def __init__(self, quiet: bool = False):
-        from rich.console import Console
-
-        self.quiet = quiet
-        self.console = Console(stderr=True)
-        self.live = self.console.is_terminal and not quiet
-        self.status = None
-        self.stage = None
+        super().__init__(quiet, "preparing")
         self.t0 = time.monotonic()
 
-    def __enter__(self):
-        if self.live:
-            self.status = self.console.status("preparing", spinner="dots")
-            self.status.__enter__()
-        return self
+    def plain(self, msg: str) -> str | None:
+        return msg.split(":", 1)[0]
 
-    def __exit__(self, *exc):
+    def __call__(self, stage: str, done: Optional[int] = None, total: Optional[int] = None) -> None:
         if self.status is not None:
-            self.status.__exit__(*exc)
-        return False
-
-    def __call__(self, stage: str, done: Optional[int], total: Optional[int]) -> None:
-        if self.quiet:
-            return
-        head = stage.split(":", 1)[0]
-        if self.status is not None:
-            elapsed = time.monotonic() - self.t0
             steps = f" [{done} steps]" if done else ""
-            self.status.update(f"{stage[:100]}{steps} ({elapsed:.0f} s)")
-            return
-        if head != self.stage:
-            self.stage = head
-            print(f"scopecheck: {head}", file=sys.stderr, flush=True)
+            stage = f"{stage[:100]}{steps} ({time.monotonic() - self.t0:.0f} s)"
+        super().__call__(stage)
 
 
 def print_result(k: BuiltKernel, as_json: bool) -> None:
