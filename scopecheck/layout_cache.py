@@ -1,8 +1,9 @@
 """Persistent layout cache, keyed by the ELF's build-id (or path, size and mtime).
 
-One JSON file per ELF under ``<cache>/layouts/``. Written atomically; a file
-that does not parse, or was written by another cache format, is ignored and
-rewritten. A struct that is absent from the ELF is cached as ``null`` so
+One JSON file per ELF under ``<cache>/layouts/``. Written atomically (temporary file +
+rename, so concurrent runs each see a whole file); a file that does not parse, was written
+by another cache format, or whose content does not match its SHA-256 (a flipped digit would
+otherwise be a wrong size, silently) is ignored and rewritten. A struct that is absent from the ELF is cached as ``null`` so
 the next run does not search for it again.
 """
 
@@ -16,7 +17,7 @@ from scopecheck import __version__
 from scopecheck.model import PaholeStruct, StructLayout
 from scopecheck.paths import atomic_write_text, cache_dir
 
-FORMAT = 2
+FORMAT = 3
 
 
 class LayoutCache:
@@ -41,7 +42,7 @@ class LayoutCache:
         try:
             with open(self.path) as f:
                 data = json.load(f)
-            if data.get("key") != self.key:
+            if data.get("key") != self.key or data.get("sha256") != _digest(data):
                 return
             self.layouts = {n: (StructLayout.from_dict(d) if d else None)
                             for n, d in data.get("layouts", {}).items()}
@@ -63,7 +64,14 @@ class LayoutCache:
             "layouts": {n: (l.to_dict() if l else None) for n, l in self.layouts.items()},
             "pahole": self.pahole,
         }
+        data["sha256"] = _digest(data)
         try:
             atomic_write_text(self.path, json.dumps(data, separators=(",", ":")))
         except OSError:
             pass  # a read-only cache must not fail the command
+
+
+def _digest(data: dict) -> str:
+    """SHA-256 of the cache content (everything but the digest itself)."""
+    body = {k: data.get(k) for k in ("key", "layouts", "pahole")}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()

@@ -121,6 +121,10 @@ def load_query(id_or_path: str | Path) -> Query:
     return _parse(data, p)
 
 
+def _str_list(v) -> bool:
+    return isinstance(v, list) and all(isinstance(x, str) for x in v)
+
+
 def _parse(d: dict, p: Path) -> Query:
     def need(key, typ):
         if key not in d:
@@ -137,8 +141,8 @@ def _parse(d: dict, p: Path) -> Query:
         if not isinstance(prefixes, list) or not all(isinstance(x, str) for x in prefixes):
             raise InputError(f"{p}: allow.{root} must be a list of field-path strings")
     virtual = d.get("virtual", {})
-    if not isinstance(virtual, dict) or not all(isinstance(v, list) for v in virtual.values()):
-        raise InputError(f"{p}: [virtual] must map names to lists of field paths")
+    if not isinstance(virtual, dict) or not all(_str_list(v) for v in virtual.values()):
+        raise InputError(f"{p}: [virtual] must map names to lists of field-path strings")
     for root, prefixes in allow.items():
         for x in prefixes:
             if x.startswith("@") and x[1:] not in virtual:
@@ -158,6 +162,10 @@ def _parse(d: dict, p: Path) -> Query:
     applies = d.get("applies_to", {})
     if not isinstance(applies, dict):
         raise InputError(f"{p}: [applies_to] must be a table")
+    if not isinstance(applies.get("only_param_type", ""), str):
+        raise InputError(f"{p}: applies_to.only_param_type must be a C type string")
+    if not _str_list(applies.get("vcpu_param_types", [])):
+        raise InputError(f"{p}: applies_to.vcpu_param_types must be a list of C type strings")
     return Query(id=qid, title=str(d.get("title", qid)), description=str(d.get("description", "")),
                  severity=sev, allow=allow, virtual=virtual, roots=roots, other_roots=other,
                  entry_points=[str(x) for x in ep], escalations=bool(d.get("escalations", True)),

@@ -83,7 +83,7 @@ import re
 import time
 
 from scopecheck.binary import disasm
-from scopecheck.binary.dwarf import open_dwarf
+from scopecheck.binary.dwarf import children, open_dwarf, reading_dwarf
 from scopecheck.binary.elf import ElfImage
 from scopecheck.binary.functions import (
     _code_reader,
@@ -137,7 +137,8 @@ def binary_accesses(elf_or_path, facts: HypFacts | None = None, roots=None, prog
     own = not isinstance(elf_or_path, ElfImage)
     elf = ElfImage(elf_or_path) if own else elf_or_path
     try:
-        return _run(elf, facts, roots, progress)
+        with reading_dwarf(elf.path, "DWARF of the hyp's variables"):
+            return _run(elf, facts, roots, progress)
     finally:
         if own:
             elf.close()
@@ -328,7 +329,7 @@ class _Seeds:
         return out
 
     def _scope(self, die, scope_ranges, out) -> None:
-        for ch in die.iter_children():
+        for ch in children(die):
             tag = ch.tag
             if tag in _VAR_TAGS:
                 a = ch.attributes

@@ -160,6 +160,9 @@ class ElfImage:
         return ".debug_info" in self.sections or ".zdebug_info" in self.sections
 
     def require_dwarf(self) -> None:
+        if ".debug_info.dwo" in self.sections:
+            raise InputError(f"{self.path}: a split DWARF .dwo file, which scopecheck does not read; "
+                             "build without -gsplit-dwarf (CONFIG_DEBUG_INFO_SPLIT=n)")
         if ".debug_info" in self.sections or ".zdebug_info" in self.sections:
             return
         if ".gnu_debuglink" in self.sections:
@@ -190,8 +193,9 @@ class ElfImage:
         return None
 
     def compressed_debug(self) -> bool:
-        s = self.sections.get(".debug_info")
-        return bool(s and s.flags & SHF_COMPRESSED) or ".zdebug_info" in self.sections
+        """Any compressed DWARF section (then DWARF is decompressed into memory, not read in place)."""
+        return ".zdebug_info" in self.sections or any(
+            s.flags & SHF_COMPRESSED for n, s in self.sections.items() if n.startswith(".debug_"))
 
     def close(self) -> None:
         m = getattr(self, "map", None)

@@ -31,7 +31,7 @@ import time
 from dataclasses import dataclass
 
 from scopecheck.binary import disasm
-from scopecheck.binary.dwarf import open_dwarf
+from scopecheck.binary.dwarf import children, open_dwarf, reading_dwarf
 from scopecheck.binary.elf import SHT_NOBITS, ElfImage
 from scopecheck.errors import InputError
 from scopecheck.model_code import CallEdge, HypFacts, HypFunction, InlinedInstance
@@ -148,10 +148,12 @@ def _rela(elf: ElfImage, sh: _Shdr):
 
 def read_aranges(elf: ElfImage) -> dict[int, list[tuple[int, int]]]:
     """.debug_aranges parsed raw: unit offset in .debug_info -> [(lo, hi), ...]."""
-    s = elf.sections.get(".debug_aranges")
-    if s is None or s.type == SHT_NOBITS:
+    from scopecheck.binary.dwarf import section_bytes
+
+    m = section_bytes(elf, ".debug_aranges")  # decompressed if need be
+    if m is None:
         return {}
-    m, off, end = elf.map, s.offset, s.offset + s.size
+    base, off, end = 0, 0, len(m)
     out: dict[int, list[tuple[int, int]]] = {}
     while off + 16 <= end:
         (length,) = struct.unpack_from("<I", m, off)
@@ -172,7 +174,7 @@ def read_aranges(elf: ElfImage) -> dict[int, list[tuple[int, int]]]:
         if asz != 8:
             off = unit_end
             continue
-        p = s.offset + (((p - s.offset) + 15) & ~15)
+        p = base + (((p - base) + 15) & ~15)
         rs = out.setdefault(cu_off, [])
         while p + 16 <= unit_end:
             a, n = struct.unpack_from("<QQ", m, p)
@@ -278,10 +280,11 @@ class _DwarfWalker:
             comp = self._comp_dir(cu)
             h = lp.header
             ver = h["version"]
-            dirs = [_s(d) for d in h["include_directory"]]
-            for fe in h["file_entry"]:
+            # a corrupt (or DWARF 5 without the entry formats) header leaves these None
+            dirs = [_s(d) for d in h["include_directory"] or ()]
+            for fe in h["file_entry"] or ():
                 name = _s(fe.name)
-                di = fe.dir_index
+                di = fe.dir_index if isinstance(fe.dir_index, int) else 0
                 if ver >= 5:
                     d = dirs[di] if 0 < di < len(dirs) else ""
                 else:
@@ -385,7 +388,7 @@ class _DwarfWalker:
         if producer.startswith("GNU AS") or not top.has_children:
             self.asm_cus.append((cu_name, cu))
             return
-        for die in top.iter_children():
+        for die in children(top):
             tag = die.tag
             if tag == "DW_TAG_subprogram":
                 self._subprogram(die, cu_name)
@@ -416,7 +419,7 @@ class _DwarfWalker:
             self._body(die, fn.key, 0, None)
 
     def _body(self, die, fkey, depth, parent) -> None:
-        for ch in die.iter_children():
+        for ch in children(die):
             tag = ch.tag
             if tag == "DW_TAG_inlined_subroutine":
                 okey = self.key(ch)
@@ -563,7 +566,8 @@ def hyp_functions(elf: ElfImage | str | os.PathLike) -> HypFacts:
     if own:
         elf = ElfImage(elf)
     try:
-        return _facts(elf)
+        with reading_dwarf(elf.path, "DWARF or symbols of the hyp functions"):
+            return _facts(elf)
     finally:
         if own:
             elf.close()

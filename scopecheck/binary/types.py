@@ -15,7 +15,7 @@ import bisect
 import struct
 from typing import Iterable
 
-from scopecheck.binary.dwarf import cu_offsets, open_dwarf, uses_windows
+from scopecheck.binary.dwarf import children, cu_offsets, one_line, open_dwarf, uses_windows
 from scopecheck.binary.elf import ElfImage
 from scopecheck.errors import InputError
 from scopecheck.model import Member, StructLayout, StructStats
@@ -138,7 +138,7 @@ class StructFinder:
             self._walked = {}
             try:
                 for cu in self.dwarf.iter_CUs():
-                    for die in cu.get_top_DIE().iter_children():
+                    for die in children(cu.get_top_DIE()):
                         if die.tag in _AGGREGATE and "DW_AT_declaration" not in die.attributes \
                                 and "DW_AT_byte_size" in die.attributes:
                             n = _name(die)
@@ -147,7 +147,7 @@ class StructFinder:
             except InputError:
                 raise
             except Exception as e:
-                raise InputError(f"{self.elf.path}: unreadable DWARF ({type(e).__name__}: {e})") from None
+                raise InputError(f"{self.elf.path}: unreadable DWARF ({one_line(e)})") from None
         return self._walked.get(name)
 
 
@@ -201,7 +201,7 @@ def type_name(die, depth: int = 0) -> str:
 
 def _array_dims(die) -> list[int | None]:
     dims = []
-    for sub in die.iter_children():
+    for sub in children(die):
         if sub.tag != "DW_TAG_subrange_type":
             continue
         a = sub.attributes
@@ -215,9 +215,9 @@ def _array_dims(die) -> list[int | None]:
     return dims or [None]
 
 
-def type_size(die, address_size: int = 8) -> int | None:
+def type_size(die, address_size: int = 8, depth: int = 0) -> int | None:
     die = _strip(die)
-    if die is None:
+    if die is None or depth > 32:  # deeper nests of arrays are type cycles in corrupt DWARF
         return None
     a = die.attributes
     if "DW_AT_byte_size" in a and isinstance(a["DW_AT_byte_size"].value, int):
@@ -225,7 +225,7 @@ def type_size(die, address_size: int = 8) -> int | None:
     if die.tag == "DW_TAG_pointer_type":
         return address_size
     if die.tag == "DW_TAG_array_type":
-        es = type_size(_type_die(die), address_size)
+        es = type_size(_type_die(die), address_size, depth + 1)
         if es is None:
             return None
         n = 1
@@ -266,13 +266,19 @@ _KIND = {
 class LayoutBuilder:
     """Build :class:`StructLayout` records from struct DIEs, expanding nested aggregates."""
 
+    #: far more nested members than a real struct has (Debian 6.1's kvm_vcpu: 370): corrupt DWARF
+    MAX_MEMBERS = 20_000
+
     def __init__(self, address_size: int = 8, max_depth: int = 24):
         self.address_size = address_size
         self.max_depth = max_depth
+        self._open: set[int] = set()  # aggregates being expanded: a struct cannot contain itself
+        self._count = 0
 
     def build(self, die) -> StructLayout:
         name = _name(die) or "<anon>"
         size = die.attributes["DW_AT_byte_size"].value
+        self._open, self._count = set(), 0
         members = self._members(die, base=0, prefix="", depth=0)
         decl_file, decl_line = _decl(die)
         return StructLayout(
@@ -281,11 +287,23 @@ class LayoutBuilder:
             decl_file=decl_file, decl_line=decl_line)
 
     def _members(self, agg, base: int, prefix: str, depth: int) -> list[Member]:
+        if agg.offset in self._open:
+            raise ValueError(f"type cycle: {type_name(agg)} (DIE {agg.offset:#x}) contains itself")
+        self._open.add(agg.offset)
+        try:
+            return self._members_of(agg, base, prefix, depth)
+        finally:
+            self._open.discard(agg.offset)
+
+    def _members_of(self, agg, base: int, prefix: str, depth: int) -> list[Member]:
         out: list[Member] = []
         anon = 0
-        for child in agg.iter_children():
+        for child in children(agg):
             if child.tag != "DW_TAG_member":
                 continue
+            self._count += 1
+            if self._count > self.MAX_MEMBERS:
+                raise ValueError(f"more than {self.MAX_MEMBERS} nested members (shared or cyclic types)")
             name = _name(child)
             tdie = _type_die(child)
             concrete = _strip(tdie)
@@ -380,5 +398,5 @@ def read_layouts(elf: ElfImage, names: Iterable[str]) -> dict[str, StructLayout 
         except InputError:
             raise
         except Exception as e:
-            raise InputError(f"{elf.path}: unreadable DWARF for struct {n} ({type(e).__name__}: {e})") from None
+            raise InputError(f"{elf.path}: unreadable DWARF for struct {n} ({one_line(e)})") from None
     return out

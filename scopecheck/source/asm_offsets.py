@@ -22,7 +22,8 @@ from typing import Callable, Iterable
 from scopecheck.errors import InputError
 from scopecheck.model_code import FieldAccess
 
-_DEFINE = re.compile(r"^\s*#\s*define\s+(\w+)\s+(-?(?:0x[0-9a-fA-F]+|\d+))\s*/\*\s*offsetof\(\s*"
+# values: at most 64 bits, as the compiler prints them (decimal, or 0x hex)
+_DEFINE = re.compile(r"^\s*#\s*define\s+(\w+)\s+(-?(?:0x[0-9a-fA-F]{1,16}|\d{1,20}))\s*/\*\s*offsetof\(\s*"
                      r"(?:struct\s+|union\s+)?(\w+)\s*,\s*([^)]*?)\s*\)\s*\*/")
 _FN_MACRO = re.compile(r"^\s*#\s*define\s+(\w+)\((\w+)\)\s+(.*?)\s*(?://.*|/\*.*)?$")
 _LABEL = re.compile(r"^\s*([A-Za-z_.$][\w.$]*):")
@@ -60,7 +61,7 @@ def parse_asm_offsets(path, enum_values: dict[str, int] | None = None) -> dict[s
         fpath = re.sub(r"\s+", "", fpath)
         if enum_values:
             fpath = re.sub(r"\[(\w+)\]", lambda mm: f"[{enum_values.get(mm.group(1), mm.group(1))}]", fpath)
-        out[name] = (root, fpath, int(value, 0))
+        out[name] = (root, fpath, int(value, 16) if "x" in value else int(value, 10))  # "010" is ten
     return out
 
 
@@ -79,8 +80,8 @@ def _fn_macros(lines: Iterable[str], constants: dict) -> dict[str, tuple[str, st
 
 
 def _arith(expr: str) -> int | None:
-    if not re.fullmatch(r"[\d\s+\-*()x]+", expr) or "__" in expr:
-        return None
+    if not re.fullmatch(r"[\d\s+\-*()x]+", expr) or "__" in expr or "**" in expr or len(expr) > 200:
+        return None  # ** (9**9**9 never ends) and deep nesting are no asm-offsets arithmetic
     try:
         return int(eval(expr, {"__builtins__": {}}, {}))  # digits and + - * ( ) only
     except Exception:  # noqa: BLE001 - anything odd: no offset

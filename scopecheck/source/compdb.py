@@ -58,6 +58,9 @@ def load(path_or_dir, source_root=None, keep=None) -> list[CompileCommand]:
         raise InputError(f"{jp}: cannot read: {e}") from None
     except json.JSONDecodeError as e:
         raise InputError(f"{jp}: not valid JSON ({e.msg} at line {e.lineno})") from None
+    except (ValueError, RecursionError) as e:  # a number past int's digit limit; nesting past the stack
+        raise InputError(f"{jp}: not a usable JSON file ({type(e).__name__}: {str(e).splitlines()[0][:120]})") \
+            from None
     if not isinstance(data, list):
         raise InputError(f"{jp}: not a compilation database (expected a JSON list of entries)")
     base = jp.resolve().parent
