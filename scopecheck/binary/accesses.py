@@ -83,7 +83,7 @@ import re
 import time
 
 from scopecheck.binary import disasm
-from scopecheck.binary.dwarf import children, open_dwarf, reading_dwarf
+from scopecheck.binary.dwarf import children, line_program, open_dwarf, reading_dwarf
 from scopecheck.binary.elf import ElfImage
 from scopecheck.binary.functions import (
     _code_reader,
@@ -381,7 +381,7 @@ class _Lines:
         return self.walker.file_name(cu, f), ln
 
     def _build(self, cu):
-        lp = self.dwarf.line_program_for_CU(cu)
+        lp = line_program(self.dwarf, cu)
         rows = []
         if lp is not None:
             for e in lp.get_entries():

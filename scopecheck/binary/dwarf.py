@@ -78,6 +78,15 @@ def children(die):
         yield c
 
 
+def line_program(dwarf, cu):
+    """``dwarf.line_program_for_CU(cu)``; a corrupt header's AttributeError or NotImplementedError
+    (pyelftools resolving DWARF 5 entry formats) becomes a ValueError, a corrupt-input error."""
+    try:
+        return dwarf.line_program_for_CU(cu)
+    except (AttributeError, NotImplementedError) as e:
+        raise ValueError(f"corrupt line program header of unit {cu.cu_offset:#x} ({one_line(e)})") from None
+
+
 def uses_windows(elf: ElfImage) -> bool:
     """True when DWARF can be read in place (linked image, uncompressed sections)."""
     return not elf.is_relocatable and not elf.compressed_debug()

@@ -31,7 +31,7 @@ import time
 from dataclasses import dataclass
 
 from scopecheck.binary import disasm
-from scopecheck.binary.dwarf import children, open_dwarf, reading_dwarf
+from scopecheck.binary.dwarf import children, line_program, open_dwarf, reading_dwarf
 from scopecheck.binary.elf import SHT_NOBITS, ElfImage
 from scopecheck.errors import InputError
 from scopecheck.model_code import CallEdge, HypFacts, HypFunction, InlinedInstance
@@ -275,7 +275,7 @@ class _DwarfWalker:
         if t is not None:
             return t
         t = []
-        lp = self.dwarf.line_program_for_CU(cu)
+        lp = line_program(self.dwarf, cu)
         if lp is not None:
             comp = self._comp_dir(cu)
             h = lp.header
@@ -344,6 +344,8 @@ class _DwarfWalker:
         lo = a.get("DW_AT_low_pc")
         if lo is not None:
             h = a.get("DW_AT_high_pc")
+            if not isinstance(lo.value, int) or (h is not None and not isinstance(h.value, int)):
+                return ()  # a corrupt form (a block where an address belongs)
             if h is None:
                 return ((lo.value, lo.value + 1),)
             hi = h.value if h.form == "DW_FORM_addr" else lo.value + h.value
@@ -467,7 +469,7 @@ class _DwarfWalker:
             callee_name=callee[0] if callee else None, inline_caller=parent))
 
     def line_of(self, cu, addr: int) -> int | None:
-        lp = self.dwarf.line_program_for_CU(cu)
+        lp = line_program(self.dwarf, cu)
         if lp is None:
             return None
         for e in lp.get_entries():
