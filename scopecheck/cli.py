@@ -8,6 +8,7 @@ Heavy libraries (pandas, matplotlib, clang) are imported inside commands only.
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from enum import Enum
 from pathlib import Path
@@ -229,6 +230,10 @@ def main() -> None:
     except ScopecheckError as e:
         print(f"scopecheck: {e}", file=sys.stderr)
         sys.exit(e.exit_code)
+    except subprocess.TimeoutExpired as e:
+        prog = e.cmd[0] if isinstance(e.cmd, (list, tuple)) and e.cmd else e.cmd
+        print(f"scopecheck: {prog} did not finish within {e.timeout:.0f} s", file=sys.stderr)
+        sys.exit(2)
     except KeyboardInterrupt:
         print("scopecheck: interrupted", file=sys.stderr)
         sys.exit(130)

@@ -104,7 +104,8 @@ def busybox(progress=None) -> Path:
         pkg = deb._download(rec, work, progress)
         deb._verify_deb(pkg, rec, progress)
         out = work / "x"
-        proc = subprocess.run([dpkg_deb, "-x", str(pkg), str(out)], capture_output=True, text=True)
+        proc = subprocess.run([dpkg_deb, "-x", str(pkg), str(out)], capture_output=True, text=True,
+                              timeout=600)
         if proc.returncode != 0 or not (out / "bin" / "busybox").is_file():
             raise ScopecheckError(f"dpkg-deb -x {pkg.name} failed: {proc.stderr.strip() or 'no bin/busybox'}")
         try:
@@ -132,7 +133,7 @@ def guest_program(source: Path = GUEST_SOURCE) -> Path:
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=".tmp-") as tmp:
         tmp_out = Path(tmp) / "kvm_smoke"
         proc = subprocess.run([cc, "-static", "-O2", "-Wall", "-o", str(tmp_out), str(source)],
-                              capture_output=True, text=True)
+                              capture_output=True, text=True, timeout=300)
         if proc.returncode != 0:
             first = next((ln for ln in proc.stderr.splitlines() if "error" in ln), proc.stderr.strip()[:300])
             hint = ""

@@ -329,7 +329,8 @@ def _extract_tarball(path: Path, progress: Optional[Progress]) -> tuple[Path, st
         _need("tar", "tar")
         if progress:
             progress(f"extracting {path.name}", None, None)
-        r = subprocess.run(["tar", "-xf", str(path), "-C", str(tmp)], capture_output=True, text=True)
+        r = subprocess.run(["tar", "-xf", str(path), "-C", str(tmp)], capture_output=True, text=True,
+                           timeout=1800)
         if r.returncode != 0:
             shutil.rmtree(tmp, ignore_errors=True)
             first = (r.stderr.strip().splitlines() or ["tar failed"])[0]
@@ -351,7 +352,7 @@ def _is_tarball(path: Path) -> bool:
 def _git(tree: Path, *args: str) -> Optional[str]:
     if not shutil.which("git"):
         return None
-    r = subprocess.run(["git", "-C", str(tree), *args], capture_output=True)
+    r = subprocess.run(["git", "-C", str(tree), *args], capture_output=True, timeout=300)
     return r.stdout.decode(errors="replace") if r.returncode == 0 else None
 
 
@@ -443,9 +444,10 @@ def _apply_patch(f: Path, tree: Path, given: str, dry_run_only: bool = False) ->
     """``patch -p1 --forward --batch`` (dry run first, so a failing patch changes nothing)."""
     cmd = ["patch", *_PATCH_ARGS, "-d", str(tree), "-i", str(f)]
     env = dict(os.environ, LC_ALL="C")
-    r = subprocess.run(cmd[:1] + ["--dry-run"] + cmd[1:], capture_output=True, text=True, env=env)
+    r = subprocess.run(cmd[:1] + ["--dry-run"] + cmd[1:], capture_output=True, text=True, env=env,
+                       timeout=300)
     if r.returncode == 0 and not dry_run_only:
-        r = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     if r.returncode != 0:
         raise PatchFailed(f"patch {f} does not apply to {given}: {_patch_failure_line(r.stdout + r.stderr)}")
 
@@ -485,13 +487,14 @@ def prepare_tree(source: SourceTree, patches: Sequence[os.PathLike | str],
                 cmd = ["rsync", "-a", "--exclude=/.git", f"{source.dir}/", f"{tmp}/"]
             else:
                 cmd = ["cp", "-a", "--reflink=auto", str(source.dir), str(tmp)]
-            r = subprocess.run(cmd, capture_output=True, text=True)
+            r = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
             if r.returncode != 0:
                 first = (r.stderr.strip().splitlines() or ["copy failed"])[0]
                 raise ScopecheckError(f"cannot copy {source.dir} to {tmp}: {first}")
             # A tree copied from a user's in-tree build: make it fit for O= builds (the copy only).
             if (tmp / ".config").exists() or (tmp / "include" / "config").exists():
-                subprocess.run(["make", "-s", "-C", str(tmp), "ARCH=arm64", "mrproper"], capture_output=True)
+                subprocess.run(["make", "-s", "-C", str(tmp), "ARCH=arm64", "mrproper"], capture_output=True,
+                               timeout=900)
             for f in files:
                 if progress:
                     progress(f"applying {f.name}", None, None)

@@ -377,10 +377,11 @@ def _pick(records: list[dict[str, str]], version: Optional[str]) -> Optional[Apt
 
 def _check_architecture() -> None:
     dpkg = _require("dpkg", "dpkg")
-    native = subprocess.run([dpkg, "--print-architecture"], capture_output=True, text=True).stdout.strip()
+    native = subprocess.run([dpkg, "--print-architecture"], capture_output=True, text=True,
+                            timeout=60).stdout.strip()
     if native != ARCH:
         foreign = subprocess.run(
-            [dpkg, "--print-foreign-architectures"], capture_output=True, text=True
+            [dpkg, "--print-foreign-architectures"], capture_output=True, text=True, timeout=60
         ).stdout.split()
         if ARCH not in foreign:
             raise ArchitectureMissing(
