@@ -106,7 +106,15 @@ class DeriveFormat(str, Enum):
 
 
 def _progress(quiet: bool):
-    """A status line on stderr (see scopecheck.progress); returns (context manager, step callback)."""
+    """A status line on a terminal's stderr; (context manager, step callback).
+
+    Analysis takes seconds, so without a terminal it says nothing: stderr then holds
+    at most the one line of an error.
+    """
+    import contextlib
+
+    if quiet or not sys.stderr.isatty():
+        return contextlib.nullcontext(), None
     from scopecheck.progress import StatusLine
 
     status = StatusLine(quiet)

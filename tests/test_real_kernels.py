@@ -93,3 +93,21 @@ def test_warm_cache_gives_identical_json(vmlinux_61, tmp_path):
     c = run_cli("size", "--format", "json", str(vmlinux_61), env=env)
     assert c.returncode == 0 and c.stdout == a.stdout
     json.loads(files[0].read_text())
+
+
+def test_vmlinux_over_300_mb_within_memory_target(vmlinux_612):
+    """Debian's 6.12 dbg vmlinux is ~350 MB: size and the binary-only proof stay well under 1 GB RSS."""
+    import os
+    import subprocess
+    import sys
+
+    assert vmlinux_612.stat().st_size > 300e6
+    for args in (["size", "--no-cache", "--no-pahole"], ["callgraph", "--no-cache", "-f", "json"]):
+        p = subprocess.Popen([sys.executable, "-m", "scopecheck", *args, str(vmlinux_612)],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        _, status, usage = os.wait4(p.pid, 0)  # this child's own peak RSS (KiB on Linux)
+        err = p.stderr.read()
+        p.stderr.close()
+        assert os.waitstatus_to_exitcode(status) == 0, err
+        assert err == b""
+        assert usage.ru_maxrss < 1024 * 1024, f"{args[0]}: peak RSS {usage.ru_maxrss // 1024} MB"
