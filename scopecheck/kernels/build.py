@@ -127,6 +127,9 @@ _TARBALL_SUFFIXES = (".tar.xz", ".txz", ".tar.gz", ".tgz", ".tar.bz2", ".tar.zst
 # --------------------------------------------------------------------------- errors
 
 
+#: no make stage may run longer than this (a defconfig build on 2 cores takes about an hour)
+STAGE_TIMEOUT = 3 * 60 * 60
+
 class BuildFailed(ScopecheckError):
     """A make step failed; the message quotes the first compiler error and names the log."""
 
@@ -659,6 +662,17 @@ class _Runner:
                                  stdin=subprocess.DEVNULL, text=True, errors="replace", bufsize=1)
         except OSError as e:
             raise ScopecheckError(f"cannot run {cmd[0]}: {e.strerror}") from None
+        import threading
+
+        expired = threading.Event()
+
+        def _expire() -> None:
+            expired.set()
+            p.kill()
+
+        watchdog = threading.Timer(STAGE_TIMEOUT, _expire)
+        watchdog.daemon = True
+        watchdog.start()
         try:
             assert p.stdout is not None
             for line in p.stdout:
@@ -673,6 +687,11 @@ class _Runner:
             p.kill()
             p.wait()
             raise
+        finally:
+            watchdog.cancel()
+        if expired.is_set():
+            raise BuildFailed(f"kernel {stage} did not finish within {STAGE_TIMEOUT // 60} minutes "
+                              f"(full log: {self.log_path})", log=self.log_path, first_error=None)
         self.note(f"[{stage}] exit status {rc}")
         if rc != 0 and check:
             self.fail(stage, lines)
