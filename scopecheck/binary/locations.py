@@ -22,14 +22,21 @@ from elftools.dwarf.locationlists import BaseAddressEntry, LocationEntry, Locati
 _parsers: dict = {}
 
 
-def reg_value(expr: bytes | list, structs) -> tuple[int, int] | None:
-    """(register number 0..30, byte delta d) with ``pointer == x<reg> + d``, or None."""
+def _parse(expr, structs):
+    """The operations of a DWARF expression (parser cached per structs), None if unparsable."""
     p = _parsers.get(id(structs))
     if p is None:
         p = _parsers[id(structs)] = (DWARFExprParser(structs), structs)
     try:
-        ops = p[0].parse_expr(expr)
+        return p[0].parse_expr(expr)
     except Exception:
+        return None
+
+
+def reg_value(expr: bytes | list, structs) -> tuple[int, int] | None:
+    """(register number 0..30, byte delta d) with ``pointer == x<reg> + d``, or None."""
+    ops = _parse(expr, structs)
+    if ops is None:
         return None
     if not ops:
         return None
@@ -64,12 +71,8 @@ def reg_value(expr: bytes | list, structs) -> tuple[int, int] | None:
 def mem_slot(expr: bytes | list, structs) -> tuple[int, int] | None:
     """(register 0..30, displacement c) when the location is the memory at ``x<reg> + c``
     (a lone ``DW_OP_bregN c``: the variable lives in that slot), else None."""
-    p = _parsers.get(id(structs))
-    if p is None:
-        p = _parsers[id(structs)] = (DWARFExprParser(structs), structs)
-    try:
-        ops = p[0].parse_expr(expr)
-    except Exception:
+    ops = _parse(expr, structs)
+    if ops is None:
         return None
     if len(ops) != 1 or not ops[0].op_name.startswith("DW_OP_breg") or ops[0].op_name == "DW_OP_bregx":
         return None
