@@ -193,11 +193,21 @@ class FieldAccess:
     offset: int | None = None  # byte offset from the root, when known
     size: int | None = None
     via: str | None = None  # macro, alias variable, asm-offsets constant or register
+    # where the pointer came from: "hyp" (hyp-owned memory: pkvm_hyp_vcpu, its embedded vcpu),
+    # "host" (a host address: a host register, pkvm_hyp_vcpu.host_vcpu, kern_hyp_va of either), None unknown
+    provenance: str | None = None
+    address: int | None = None  # binary door: the load/store instruction's address
+    insn: str | None = None  # binary door: the instruction, e.g. "ldr x0, [x19, #0x7a8]"
 
     def to_dict(self) -> dict:
-        return {"root": self.root, "path": self.path, "access": self.access,
-                "function": list(self.function), "file": self.file, "line": self.line, "col": self.col,
-                "origin": self.origin, "offset": self.offset, "size": self.size, "via": self.via}
+        d = {"root": self.root, "path": self.path, "access": self.access,
+             "function": list(self.function), "file": self.file, "line": self.line, "col": self.col,
+             "origin": self.origin, "offset": self.offset, "size": self.size, "via": self.via,
+             "provenance": self.provenance}
+        if self.address is not None:
+            d["address"] = self.address
+            d["insn"] = self.insn
+        return d
 
 
 @dataclass(slots=True)
@@ -263,6 +273,31 @@ class AddressTaken:
 
 
 @dataclass(slots=True)
+class Unanalysed:
+    """Evidence a door saw but could not turn into field accesses or call edges.
+
+    Nothing is dropped silently: pointer arithmetic on a root pointer that could not be
+    mapped to a field, an assembler macro body, a function whose ranges could not be read,
+    dataflow that hit its bound, a DWARF form not understood, an unresolved indirect call.
+    ``kind`` is a short stable word (``pointer-arith``, ``asm-macro``, ``unmapped-offset``,
+    ``dataflow-bound``, ``dwarf-form``, ``no-ranges``, ``indirect-call``, ...).
+    """
+
+    kind: str
+    function: FuncKey | None
+    file: str | None
+    line: int | None
+    col: int | None = None
+    detail: str = ""
+    origin: str = "source"  # source | asm | binary
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind, "function": list(self.function) if self.function else None,
+                "file": self.file, "line": self.line, "col": self.col, "detail": self.detail,
+                "origin": self.origin}
+
+
+@dataclass(slots=True)
 class SourceFacts:
     """Everything the source door learned about a set of translation units."""
 
@@ -273,3 +308,4 @@ class SourceFacts:
     address_taken: list[AddressTaken] = field(default_factory=list)
     diagnostics: list[str] = field(default_factory=list)  # parse errors, skipped files
     files: list[str] = field(default_factory=list)  # translation units / asm files read
+    unanalysed: list[Unanalysed] = field(default_factory=list)  # seen but not mapped (never silent)
