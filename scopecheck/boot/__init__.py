@@ -80,12 +80,14 @@ class BootReport:
 
 
 def _status(run: QemuRun) -> str:
-    if not run.console:
-        return "no-output"
+    # What ended the run comes first: a kernel still silent when --timeout killed QEMU
+    # (a loaded machine, a short timeout, a hung early boot) is a timeout.
     if run.panicked:
         return "panic"
     if run.timed_out:
         return "timeout"
+    if not run.console:
+        return "no-output"
     if any("SCOPECHECK: done" in ln for ln in run.console):
         if any("SCOPECHECK: kvm absent" in ln for ln in run.console):
             return "kvm-unavailable"
