@@ -102,9 +102,10 @@ class ProofResult:
 
 def resolve_inputs(target: str | os.PathLike, source: str | os.PathLike | None = None,
                    binary_only: bool = False) -> Inputs:
+    from scopecheck.paths import check_input_file
+
     t = Path(target)
-    if not t.exists():
-        raise InputError(f"{t}: no such file or directory")
+    check_input_file(t, what="kernel image, object or build directory", dir_ok=True)
     build_dir = None
     if t.is_dir():
         build_dir = t
@@ -124,8 +125,8 @@ def resolve_inputs(target: str | os.PathLike, source: str | os.PathLike | None =
         return Inputs(elf, build_dir, None, None, None)
     compdb = None
     src_root = Path(source) if source else None
-    if src_root is not None and not src_root.is_dir():
-        raise InputError(f"{src_root}: --source is not a directory")
+    if src_root is not None:
+        check_input_file(src_root, what="kernel source directory (--source)", dir_only=True)
     if build_dir is not None:
         c = build_dir / "compile_commands.json"
         compdb = c if c.is_file() else None

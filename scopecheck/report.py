@@ -172,7 +172,10 @@ def kernel_release(inputs) -> str | None:
 
 def load_boot(path) -> dict:
     """A ``scopecheck boot --format json`` report."""
+    from scopecheck.paths import check_input_file
+
     p = Path(path)
+    check_input_file(p, what="boot report (--boot)", max_bytes=1 << 28)
     try:
         d = json.loads(p.read_text())
     except OSError as e:
