@@ -149,8 +149,10 @@ def _prove(target, source, query, binary_only, entry, baseline, cache, quiet):
 
         check_input_file(baseline, what="baseline (a callgraph json or sarif output)", max_bytes=1 << 30)
         base = baseline_fingerprints(baseline.read_text(), str(baseline))
+    from scopecheck import cache as _cache
+
     ctx, step = _progress(quiet)
-    with ctx:
+    with ctx, _cache.disabled(not cache):  # --no-cache reaches every layer, the binary door's layouts too
         return prove(target, source, query, binary_only=binary_only, entry_points=entry or None,
                      baseline=base, use_cache=cache, progress=step)
 

@@ -1,6 +1,7 @@
 """Persistent layout cache, keyed by the ELF's build-id (or path, size and mtime).
 
-One JSON file per ELF under ``<cache>/layouts/``. Written atomically (temporary file +
+One JSON file per ELF (and per scopecheck code fingerprint, :mod:`scopecheck.cache`) under
+``<cache>/layouts/``; ``--no-cache`` (``cache.disabled()``) bypasses it. Written atomically (temporary file +
 rename, so concurrent runs each see a whole file); a file that does not parse, was written
 by another cache format, or whose content does not match its SHA-256 (a flipped digit would
 otherwise be a wrong size, silently) is ignored and rewritten. A struct that is absent from the ELF is cached as ``null`` so
@@ -14,6 +15,8 @@ import json
 import os
 
 from scopecheck import __version__
+from scopecheck import cache as _cache
+from scopecheck.cache import enabled  # noqa: F401  (re-exported: --no-cache for the layout callers)
 from scopecheck.model import PaholeStruct, StructLayout
 from scopecheck.paths import atomic_write_text, cache_dir
 
@@ -33,8 +36,9 @@ class LayoutCache:
         st_key = {"size": elf.file_size, "mtime_ns": elf.mtime_ns}
         bid = elf.build_id
         ident = bid or hashlib.sha256(f"{os.path.realpath(elf.path)}".encode()).hexdigest()[:32]
-        key = {"format": FORMAT, "version": __version__, "build_id": bid, **st_key}
-        c = cls(cache_dir("layouts") / f"{ident}.json", key)
+        key = {"format": FORMAT, "version": __version__, "code": _cache.code_fingerprint(), "build_id": bid, **st_key}
+        # the code fingerprint in the name too: two scopecheck versions sharing a cache do not evict each other
+        c = cls(cache_dir("layouts") / f"{ident}-{key['code'][:12]}.json", key)
         c._load()
         return c
 
@@ -42,7 +46,20 @@ class LayoutCache:
         try:
             with open(self.path) as f:
                 data = json.load(f)
-            if data.get("key") != self.key or data.get("sha256") != _digest(data):
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError) as e:
+            from scopecheck.cache import report_bad
+
+            report_bad(self.path, f"not JSON: {e}")
+            return
+        try:
+            if data.get("sha256") != _digest(data):
+                from scopecheck.cache import report_bad
+
+                report_bad(self.path, "checksum mismatch")
+                return
+            if data.get("key") != self.key:
                 return
             self.layouts = {n: (StructLayout.from_dict(d) if d else None)
                             for n, d in data.get("layouts", {}).items()}

@@ -223,7 +223,7 @@ def prove(target, source=None, query: str | Query = "rfc-hyp-scope", *, binary_o
         step("reading loads and stores of vcpu fields from the machine code")
         from scopecheck.binary.accesses import binary_accesses
 
-        b_acc, b_esc, b_stats = binary_accesses(inp.elf, facts)
+        b_acc, b_esc, b_stats = binary_accesses(inp.elf, facts, use_cache=use_cache)
         if use_cache:
             _binary_cache_save(inp.elf, (facts, b_acc, b_esc, b_stats))
     covered = {a.function for a in accesses} | ({g.map_key(norm_key(f.key, root_str)) for f in src_facts.functions}
@@ -285,46 +285,44 @@ def prove(target, source=None, query: str | Query = "rfc-hyp-scope", *, binary_o
 
 
 def _binary_cache_path(elf_path: Path) -> Path | None:
-    from scopecheck import __version__
+    """Keyed by the ELF's identity (build-id, size, mtime, path) and scopecheck's code fingerprint."""
+    from scopecheck import cache
     from scopecheck.binary.elf import ElfImage
     from scopecheck.paths import cache_dir
 
     try:
         with ElfImage(elf_path) as elf:
-            ident = f"{elf.build_id}|{elf.file_size}|{elf.mtime_ns}|{os.path.realpath(elf_path)}|{__version__}"
+            ident = ["hyp-binary", elf.build_id, elf.file_size, elf.mtime_ns, os.path.realpath(elf_path)]
     except InputError:
         return None
-    return cache_dir("hyp") / (hashlib.sha256(ident.encode()).hexdigest()[:32] + ".pickle")
+    return cache_dir("hyp") / (cache.key(*ident) + ".msgpack")
 
 
 def _binary_cache_load(elf_path: Path):
-    """Binary facts of this exact ELF from a previous run (pickled; a bad file is ignored)."""
-    import pickle
+    """Binary facts of this exact ELF from a previous run (msgpack, checked; a bad entry is rebuilt)."""
+    from scopecheck import cache
 
-    p = _binary_cache_path(elf_path)
-    if p is None or not p.is_file():
+    if not cache.enabled():
         return None
-    try:
-        with open(p, "rb") as f:
-            data = pickle.load(f)
-        if isinstance(data, tuple) and len(data) == 4:
-            return data
-    except Exception:
-        pass
+    p = _binary_cache_path(elf_path)
+    if p is None:
+        return None
+    data = cache.read(p)
+    if isinstance(data, tuple) and len(data) == 4:
+        return data
+    if data is not None:
+        cache.report_bad(p, "unexpected shape")
     return None
 
 
 def _binary_cache_save(elf_path: Path, data) -> None:
-    import pickle
+    from scopecheck import cache
 
-    from scopecheck.paths import atomic_write_bytes
-
+    if not cache.enabled():
+        return
     p = _binary_cache_path(elf_path)
     if p is not None:
-        try:
-            atomic_write_bytes(p, pickle.dumps(data, protocol=pickle.HIGHEST_PROTOCOL))
-        except (OSError, pickle.PicklingError, TypeError, AttributeError):
-            pass
+        cache.write(p, tuple(data))
 
 
 def _source_facts(inp: Inputs, use_cache: bool, progress):

@@ -118,7 +118,7 @@ def size_report(target: BuildTarget, structs: list[str] | None = None, *, pahole
     names = list(dict.fromkeys(structs)) if explicit else list(DEFAULT_STRUCTS)
     with ElfImage(target.elf) as elf:
         elf.require_dwarf()
-        cache = layout_cache.LayoutCache.for_elf(elf) if use_cache else None
+        cache = layout_cache.LayoutCache.for_elf(elf) if use_cache and layout_cache.enabled() else None
         need = [n for n in names if cache is None or n not in cache.layouts]
         got = {n: cache.layouts[n] for n in names if cache is not None and n in cache.layouts}
         if need:
