@@ -24,6 +24,8 @@ from scopecheck.model_code import Escalation, FieldAccess, FuncKey
 from scopecheck.query import Query, canonical, load_query
 
 SCHEMA_VERSION = 1
+#: 2: the access kind is part of Leak.fingerprint (1 had query, function, field and kind only)
+FINGERPRINT_VERSION = 2
 ROOTS = ("kvm_vcpu", "kvm_vcpu_arch", "kvm_cpu_context", "vcpu_hyp_state", "pkvm_hyp_vcpu")
 NVHE_DIR = "arch/arm64/kvm/hyp/nvhe/"
 
@@ -68,7 +70,10 @@ class Leak:
 
     @property
     def fingerprint(self) -> str:
-        ident = f"{self.query}|{self.function}|{self.function_key[1]}|{self.root}:{self.field}|{self.kind}"
+        """Stable id for baselines: query, function, field, kind and the access (read/write/rw/addr), so a
+        new write to a field that a baselined leak only read is a new leak (FINGERPRINT_VERSION 2)."""
+        ident = (f"{self.query}|{self.function}|{self.function_key[1]}|{self.root}:{self.field}|{self.kind}"
+                 f"|{self.access}")
         return hashlib.sha256(ident.encode()).hexdigest()[:32]
 
     def to_dict(self) -> dict:
