@@ -89,6 +89,10 @@ def to_sarif(r: ProofResult) -> str:
             "shortDescription": {"text": q.title},
             "fullDescription": {"text": q.description or q.title},
             "defaultConfiguration": {"level": _LEVEL[q.severity]},
+            # GitHub code scanning wants help on every rule (the SARIF Multitool's GH2012)
+            "help": {"text": (q.description or q.title) + f" Query {q.id}: what it allows is in its TOML file; "
+                             "`scopecheck callgraph --query " + q.id + " --format json` lists every leak with "
+                             "its call chain."},
             "helpUri": "https://example.invalid/scopecheck/queries/" + q.id}
     results = []
     g = r.graph
