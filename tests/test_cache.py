@@ -134,6 +134,7 @@ def test_layout_cache_fingerprint_and_corruption(cache_root, monkeypatch, capsys
     monkeypatch.setattr(cache, "code_fingerprint", ORIG_FP)
     monkeypatch.setenv("SCOPECHECK_DEBUG", "1")
     text = entry.read_text()
+    assert text.startswith("sha256 ")
     entry.write_text(text.replace('"size":', '"size":1', 1))  # a flipped digit, still JSON
     capsys.readouterr()
     assert load_layouts(OBJ, ["kvm_vcpu"]) == first and len(reads) == 3
