@@ -214,3 +214,14 @@ def test_special_file_through_the_real_cli(specials, kind):
     assert r.returncode == 0, r.stderr
     startup = time.perf_counter() - t0
     assert startup < 30, startup
+
+
+def test_a_command_whose_import_fails_is_listed_and_says_why():
+    """The CLI never hides a command: a missing optional dependency is one line and exit 2 when it runs."""
+    code = ("import sys\nsys.modules['scopecheck.cli_boot'] = None  # as if its import failed\n"
+            "sys.argv = ['scopecheck'] + sys.argv[1:]\nfrom scopecheck.cli import main\nmain()\n")
+    r = subprocess.run([sys.executable, "-c", code, "--help"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and "boot" in r.stdout and "unavailable" in r.stdout
+    r = subprocess.run([sys.executable, "-c", code, "boot", "Image", "--mode", "nvhe"], capture_output=True,
+                       text=True, timeout=60)
+    assert_one_line_error(r, "scopecheck boot", "unavailable", "scopecheck.cli_boot")

@@ -109,3 +109,16 @@ def test_every_command_answers_help(installed, tmp_path):
             for sub in _commands(h.stdout):
                 s = _run(installed, tmp_path, c, sub, "--help")
                 assert s.returncode == 0 and "Usage:" in s.stdout, (c, sub, s.stderr)
+
+
+def test_sdist_ships_the_queries(tmp_path):
+    import tarfile
+
+    r = subprocess.run([sys.executable, "-c", "import sys; from setuptools import build_meta; "
+                        f"print(build_meta.build_sdist({str(tmp_path)!r}))"],
+                       capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    (sdist,) = tmp_path.glob("scopecheck-*.tar.gz")
+    names = {Path(n).name for n in tarfile.open(sdist).getnames() if "/scopecheck/queries/" in n}
+    shipped = {p.name for p in (ROOT / "scopecheck" / "queries").iterdir() if p.is_file()}
+    assert shipped <= names and "rfc-hyp-scope.toml" in names
