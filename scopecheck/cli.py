@@ -145,11 +145,14 @@ def _prove(target, source, query, binary_only, entry, baseline, cache, quiet):
     if baseline is not None:
         from scopecheck.output.proof import baseline_fingerprints
 
-        if not baseline.is_file():
-            raise ScopecheckError(f"{baseline}: no such baseline file")
+        from scopecheck.paths import check_input_file
+
+        check_input_file(baseline, what="baseline (a callgraph json or sarif output)", max_bytes=1 << 30)
         base = baseline_fingerprints(baseline.read_text(), str(baseline))
+    from scopecheck import cache as _cache
+
     ctx, step = _progress(quiet)
-    with ctx:
+    with ctx, _cache.disabled(not cache):  # --no-cache reaches every layer, the binary door's layouts too
         return prove(target, source, query, binary_only=binary_only, entry_points=entry or None,
                      baseline=base, use_cache=cache, progress=step)
 
@@ -162,7 +165,8 @@ def callgraph(
         help="Kernel source tree. Default: the 'source' link in the build directory, or the build "
              "directory itself for in-tree builds."),
     query: str = typer.Option("rfc-hyp-scope", "--query", metavar="ID_OR_PATH",
-                              help="Query id from queries/ (rfc-hyp-scope, ctxt-only, pkvm-hyp-vcpu) or a .toml path."),
+                              help="Id of a query shipped with scopecheck (rfc-hyp-scope, ctxt-only, pkvm-hyp-vcpu) or "
+                                   "the path of your own .toml."),
     fmt: ProofFormat = typer.Option(ProofFormat.text, "--format", "-f",
                                     help="text, json (schema_version, leaks, footprint, unresolved_calls), "
                                          "sarif (2.1.0), dot or graphml (the call graph)."),
@@ -212,21 +216,43 @@ def derive(
     sys.stdout.write(to_c(d) if fmt is DeriveFormat.c else _json.dumps(d.to_dict(), indent=2) + "\n")
 
 
-def _add_subapps() -> None:
-    try:
-        from scopecheck.cli_kernel import kernel_app
-    except ImportError:
-        return
-    app.add_typer(kernel_app, name="kernel")
-    try:
-        from scopecheck.cli_boot import boot_cmd
-    except ImportError:
-        return
-    app.command("boot")(boot_cmd)
-    from scopecheck.cli_report import diff_cmd, report_cmd
+#: every subcommand defined outside this module: (name, module, attribute, "command" | "group").
+#: All are registered even when their module cannot be imported (a missing optional dependency):
+#: running such a command then says why in one line and exits 2; nothing is hidden from --help.
+SUBCOMMANDS = [
+    ("kernel", "scopecheck.cli_kernel", "kernel_app", "group"),
+    ("boot", "scopecheck.cli_boot", "boot_cmd", "command"),
+    ("report", "scopecheck.cli_report", "report_cmd", "command"),
+    ("diff", "scopecheck.cli_report", "diff_cmd", "command"),
+]
 
-    app.command("report")(report_cmd)
-    app.command("diff")(diff_cmd)
+
+def _unavailable(name: str, err: ImportError):
+    missing = getattr(err, "name", None)
+    why = f"needs the Python module '{missing}', which is not installed" if missing else str(err)
+
+    def cmd(ctx: typer.Context) -> None:
+        raise ScopecheckError(f"`scopecheck {name}` is unavailable: {why} "
+                              "(reinstall scopecheck with its dependencies)")
+
+    cmd.__doc__ = f"(unavailable here: {why})"
+    return cmd
+
+
+def _add_subapps() -> None:
+    import importlib
+
+    for name, module, attr, kind in SUBCOMMANDS:
+        try:
+            obj = getattr(importlib.import_module(module), attr)
+        except ImportError as e:
+            app.command(name, context_settings={"allow_extra_args": True, "ignore_unknown_options": True,
+                                                "help_option_names": []})(_unavailable(name, e))
+            continue
+        if kind == "group":
+            app.add_typer(obj, name=name)
+        else:
+            app.command(name)(obj)
 
 
 _add_subapps()

@@ -273,7 +273,14 @@ def build_cmd(
     The full log is kept in OUT/scopecheck-build.log; a failure quotes the first compiler error.
     """
     from scopecheck.kernels.build import StderrBuildProgress, build_kernel, cached_build, print_result
+    from scopecheck.paths import check_input_file
 
+    # every file argument, before anything opens it (a FIFO or /dev/zero must not block)
+    check_input_file(src, what="kernel source directory or tarball", dir_ok=True)
+    if config not in ("pkvm-tiny", "defconfig"):
+        check_input_file(config, what="kernel .config (--config)", max_bytes=64 << 20)
+    for p in patch or ():
+        check_input_file(p, what="patch (--patch)", max_bytes=256 << 20)
     with StderrBuildProgress(quiet) as progress:
         if out is None:
             k = cached_build(src, config, patch or (), jobs=jobs, llvm=llvm, progress=progress)

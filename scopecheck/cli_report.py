@@ -38,7 +38,7 @@ def report_cmd(
     source: Optional[Path] = typer.Option(None, "--source", metavar="SRC",
                                           help="Kernel source tree (as for callgraph)."),
     query: str = typer.Option("rfc-hyp-scope", "--query", metavar="ID_OR_PATH",
-                              help="Query id from queries/ or a .toml path (as for callgraph)."),
+                              help="Id of a shipped query or the path of your own .toml (as for callgraph)."),
     boot: Optional[Path] = typer.Option(None, "--boot", metavar="BOOT.json",
                                         help="A `scopecheck boot --format json` report to include."),
     history: Optional[Path] = typer.Option(None, "--history", metavar="DB",

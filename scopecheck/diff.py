@@ -16,8 +16,18 @@ from scopecheck.errors import InputError
 SCHEMA_VERSION = 1
 
 
+def _check(path) -> None:
+    from scopecheck.paths import check_input_file
+
+    p = Path(path)
+    if p.is_dir():
+        raise InputError(f"{p}: is a directory (pass size.json or callgraph.json, e.g. from a report)")
+    check_input_file(p, what="size or callgraph JSON", max_bytes=1 << 30)
+
+
 def load(path) -> dict:
     p = Path(path)
+    _check(p)
     try:
         d = json.loads(p.read_text())
     except IsADirectoryError:
@@ -36,6 +46,7 @@ def load(path) -> dict:
 
 
 def diff_files(a_path, b_path) -> dict:
+    _check(a_path), _check(b_path)  # both file types before either is read
     a, b = load(a_path), load(b_path)
     if a["command"] != b["command"]:
         raise InputError(f"cannot compare {a['command']} output ({a_path}) with {b['command']} output ({b_path})")

@@ -31,8 +31,10 @@ _NAMES = [c for c, _ in COLUMNS]
 
 def _connect(path) -> sqlite3.Connection:
     p = Path(path)
-    if p.exists() and not p.is_file():
-        raise InputError(f"{p}: --history is not a file")
+    if p.exists() or p.is_symlink():
+        from scopecheck.paths import check_input_file
+
+        check_input_file(p, what="history database (--history)")
     if p.parent and not p.parent.is_dir():
         raise InputError(f"{p}: directory {p.parent} does not exist")
     try:

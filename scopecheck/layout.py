@@ -34,7 +34,7 @@ def load_layouts(path: str | PathLike, names: Iterable[str] = DEFAULT_STRUCTS, *
     names = list(dict.fromkeys(names))
     with ElfImage(path) as elf:
         elf.require_dwarf()
-        cache = layout_cache.LayoutCache.for_elf(elf) if use_cache else None
+        cache = layout_cache.LayoutCache.for_elf(elf) if use_cache and layout_cache.enabled() else None
         found: dict[str, StructLayout | None] = {}
         missing = []
         for n in names:

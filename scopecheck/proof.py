@@ -24,6 +24,8 @@ from scopecheck.model_code import Escalation, FieldAccess, FuncKey
 from scopecheck.query import Query, canonical, load_query
 
 SCHEMA_VERSION = 1
+#: 2: the access kind is part of Leak.fingerprint (1 had query, function, field and kind only)
+FINGERPRINT_VERSION = 2
 ROOTS = ("kvm_vcpu", "kvm_vcpu_arch", "kvm_cpu_context", "vcpu_hyp_state", "pkvm_hyp_vcpu")
 NVHE_DIR = "arch/arm64/kvm/hyp/nvhe/"
 
@@ -68,7 +70,10 @@ class Leak:
 
     @property
     def fingerprint(self) -> str:
-        ident = f"{self.query}|{self.function}|{self.function_key[1]}|{self.root}:{self.field}|{self.kind}"
+        """Stable id for baselines: query, function, field, kind and the access (read/write/rw/addr), so a
+        new write to a field that a baselined leak only read is a new leak (FINGERPRINT_VERSION 2)."""
+        ident = (f"{self.query}|{self.function}|{self.function_key[1]}|{self.root}:{self.field}|{self.kind}"
+                 f"|{self.access}")
         return hashlib.sha256(ident.encode()).hexdigest()[:32]
 
     def to_dict(self) -> dict:
@@ -102,9 +107,10 @@ class ProofResult:
 
 def resolve_inputs(target: str | os.PathLike, source: str | os.PathLike | None = None,
                    binary_only: bool = False) -> Inputs:
+    from scopecheck.paths import check_input_file
+
     t = Path(target)
-    if not t.exists():
-        raise InputError(f"{t}: no such file or directory")
+    check_input_file(t, what="kernel image, object or build directory", dir_ok=True)
     build_dir = None
     if t.is_dir():
         build_dir = t
@@ -124,8 +130,8 @@ def resolve_inputs(target: str | os.PathLike, source: str | os.PathLike | None =
         return Inputs(elf, build_dir, None, None, None)
     compdb = None
     src_root = Path(source) if source else None
-    if src_root is not None and not src_root.is_dir():
-        raise InputError(f"{src_root}: --source is not a directory")
+    if src_root is not None:
+        check_input_file(src_root, what="kernel source directory (--source)", dir_only=True)
     if build_dir is not None:
         c = build_dir / "compile_commands.json"
         compdb = c if c.is_file() else None
@@ -222,7 +228,7 @@ def prove(target, source=None, query: str | Query = "rfc-hyp-scope", *, binary_o
         step("reading loads and stores of vcpu fields from the machine code")
         from scopecheck.binary.accesses import binary_accesses
 
-        b_acc, b_esc, b_stats = binary_accesses(inp.elf, facts)
+        b_acc, b_esc, b_stats = binary_accesses(inp.elf, facts, use_cache=use_cache)
         if use_cache:
             _binary_cache_save(inp.elf, (facts, b_acc, b_esc, b_stats))
     covered = {a.function for a in accesses} | ({g.map_key(norm_key(f.key, root_str)) for f in src_facts.functions}
@@ -284,46 +290,44 @@ def prove(target, source=None, query: str | Query = "rfc-hyp-scope", *, binary_o
 
 
 def _binary_cache_path(elf_path: Path) -> Path | None:
-    from scopecheck import __version__
+    """Keyed by the ELF's identity (build-id, size, mtime, path) and scopecheck's code fingerprint."""
+    from scopecheck import cache
     from scopecheck.binary.elf import ElfImage
     from scopecheck.paths import cache_dir
 
     try:
         with ElfImage(elf_path) as elf:
-            ident = f"{elf.build_id}|{elf.file_size}|{elf.mtime_ns}|{os.path.realpath(elf_path)}|{__version__}"
+            ident = ["hyp-binary", elf.build_id, elf.file_size, elf.mtime_ns, os.path.realpath(elf_path)]
     except InputError:
         return None
-    return cache_dir("hyp") / (hashlib.sha256(ident.encode()).hexdigest()[:32] + ".pickle")
+    return cache_dir("hyp") / (cache.key(*ident) + ".msgpack")
 
 
 def _binary_cache_load(elf_path: Path):
-    """Binary facts of this exact ELF from a previous run (pickled; a bad file is ignored)."""
-    import pickle
+    """Binary facts of this exact ELF from a previous run (msgpack, checked; a bad entry is rebuilt)."""
+    from scopecheck import cache
 
-    p = _binary_cache_path(elf_path)
-    if p is None or not p.is_file():
+    if not cache.enabled():
         return None
-    try:
-        with open(p, "rb") as f:
-            data = pickle.load(f)
-        if isinstance(data, tuple) and len(data) == 4:
-            return data
-    except Exception:
-        pass
+    p = _binary_cache_path(elf_path)
+    if p is None:
+        return None
+    data = cache.read(p)
+    if isinstance(data, tuple) and len(data) == 4:
+        return data
+    if data is not None:
+        cache.report_bad(p, "unexpected shape")
     return None
 
 
 def _binary_cache_save(elf_path: Path, data) -> None:
-    import pickle
+    from scopecheck import cache
 
-    from scopecheck.paths import atomic_write_bytes
-
+    if not cache.enabled():
+        return
     p = _binary_cache_path(elf_path)
     if p is not None:
-        try:
-            atomic_write_bytes(p, pickle.dumps(data, protocol=pickle.HIGHEST_PROTOCOL))
-        except (OSError, pickle.PicklingError, TypeError, AttributeError):
-            pass
+        cache.write(p, tuple(data))
 
 
 def _source_facts(inp: Inputs, use_cache: bool, progress):

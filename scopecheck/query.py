@@ -1,6 +1,7 @@
 """Queries: which field paths hyp code may touch, and the judgement of accesses against them.
 
-A query is one TOML file in ``queries/`` with a stable ``id`` (see queries/README.md)::
+A query is one TOML file with a stable ``id``; the shipped ones are package data in
+``scopecheck/queries/`` (see its README.md), found by id from any install::
 
     id = "rfc-hyp-scope"
     [allow]                          # per root struct, allowed field-path prefixes
@@ -26,7 +27,8 @@ from pathlib import Path
 
 from scopecheck.errors import InputError
 
-QUERY_DIR = Path(__file__).resolve().parent.parent / "queries"
+#: the shipped queries: package data, so wheels, sdists, editable and pipx installs all have them
+QUERY_DIR = Path(__file__).resolve().parent / "queries"
 SEVERITIES = ("error", "warning", "note")
 _ID = re.compile(r"^[a-z0-9][a-z0-9-]*$")
 
@@ -99,12 +101,25 @@ def canonical(root: str, path: str) -> tuple[str, str]:
     return root, path
 
 
+def _shipped_dir():
+    """The queries shipped in the package (importlib.resources: works for any kind of install)."""
+    from importlib.resources import files
+
+    return files("scopecheck") / "queries"
+
+
 def available() -> dict[str, Path]:
-    return {p.stem: p for p in sorted(QUERY_DIR.glob("*.toml"))}
+    """Shipped query ids -> their files."""
+    d = _shipped_dir()
+    try:
+        entries = sorted((t for t in d.iterdir() if t.name.endswith(".toml")), key=lambda t: t.name)
+    except (OSError, FileNotFoundError):
+        return {}
+    return {t.name[:-len(".toml")]: Path(str(t)) for t in entries}
 
 
 def load_query(id_or_path: str | Path) -> Query:
-    """Load a query by id (a file in queries/) or by path."""
+    """Load a query by id (a shipped query) or by the path of a user's .toml."""
     p = Path(id_or_path)
     if not p.suffix and not p.exists():
         found = available().get(str(id_or_path))
@@ -112,10 +127,13 @@ def load_query(id_or_path: str | Path) -> Query:
             ids = ", ".join(available()) or "none"
             raise InputError(f"no query {id_or_path!r} (shipped: {ids}; or pass a .toml path)")
         p = found
-    if not p.is_file():
-        raise InputError(f"{p}: no such query file")
+    from scopecheck.paths import check_input_file
+
+    check_input_file(p, what="query file", max_bytes=1 << 20)
     try:
         data = tomllib.loads(p.read_text())
+    except OSError as e:
+        raise InputError(f"{p}: cannot read the query file ({e.strerror or e})") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise InputError(f"{p}: not valid TOML ({e})") from None
     return _parse(data, p)

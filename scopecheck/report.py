@@ -108,9 +108,12 @@ def collect(target, source=None, query: str = "rfc-hyp-scope", *, boot=None, lab
     from scopecheck.proof import prove
 
     boot_doc = load_boot(boot) if boot is not None else None  # bad input fails before the long work
-    r = prove(target, source, query, binary_only=binary_only, entry_points=entry_points,
-              use_cache=use_cache, progress=progress)
-    return from_results(r, size_of(r, pahole=pahole, use_cache=use_cache), boot=boot_doc, label=label)
+    from scopecheck import cache
+
+    with cache.disabled(not use_cache):  # --no-cache reaches every layer
+        r = prove(target, source, query, binary_only=binary_only, entry_points=entry_points,
+                  use_cache=use_cache, progress=progress)
+        return from_results(r, size_of(r, pahole=pahole, use_cache=use_cache), boot=boot_doc, label=label)
 
 
 def size_of(proof, *, pahole: bool = True, use_cache: bool = True):
@@ -172,7 +175,10 @@ def kernel_release(inputs) -> str | None:
 
 def load_boot(path) -> dict:
     """A ``scopecheck boot --format json`` report."""
+    from scopecheck.paths import check_input_file
+
     p = Path(path)
+    check_input_file(p, what="boot report (--boot)", max_bytes=1 << 28)
     try:
         d = json.loads(p.read_text())
     except OSError as e:

@@ -116,56 +116,98 @@ def size_report(target: BuildTarget, structs: list[str] | None = None, *, pahole
 
     explicit = structs is not None and len(structs) > 0
     names = list(dict.fromkeys(structs)) if explicit else list(DEFAULT_STRUCTS)
+    running = None
     with ElfImage(target.elf) as elf:
         elf.require_dwarf()
-        cache = layout_cache.LayoutCache.for_elf(elf) if use_cache else None
+        cache = layout_cache.LayoutCache.for_elf(elf) if use_cache and layout_cache.enabled() else None
         need = [n for n in names if cache is None or n not in cache.layouts]
         got = {n: cache.layouts[n] for n in names if cache is not None and n in cache.layouts}
-        if need:
-            from scopecheck.binary.types import read_layouts
+        if pahole:
+            # pahole reads the DWARF on another core while we do: start it before our own read
+            running = _start_pahole(target, names, explicit, got, cache)
+        try:
+            if need:
+                from scopecheck.binary.types import read_layouts
 
-            fresh = read_layouts(elf, need)
-            got.update(fresh)
-            if cache is not None:
-                cache.layouts.update(fresh)
+                fresh = read_layouts(elf, need)
+                got.update(fresh)
+                if cache is not None:
+                    cache.layouts.update(fresh)
+        except BaseException:
+            _cancel(running)
+            raise
         build_id = elf.build_id
     layouts = {n: got[n] for n in names if got.get(n) is not None}
     missing = [n for n in names if got.get(n) is None]
-    if explicit and missing:
-        raise InputError(f"{target.elf}: struct {missing[0]} not found in DWARF")
     req_missing = [n for n in REQUIRED_STRUCTS if n in missing]
-    if not explicit and req_missing:
+    if (explicit and missing) or (not explicit and req_missing):
+        _cancel(running)
+        if explicit:
+            raise InputError(f"{target.elf}: struct {missing[0]} not found in DWARF")
         raise InputError(f"{target.elf}: struct {req_missing[0]} not found in DWARF; "
                          "is this an arm64 kernel (or kvm_nvhe.o) built with KVM?")
     rep = SizeReport(target=target, build_id=build_id, layouts=layouts, absent=missing)
     if pahole:
-        _cross_check(rep, cache)
-    if cache is not None and (need or pahole):
+        _cross_check(rep, cache, running)
+    if cache is not None and (need or cache.dirty):
         cache.save()
     return rep
 
 
-def _cross_check(rep: SizeReport, cache) -> None:
+def _cancel(running) -> None:
+    if isinstance(running, tuple) and running[0] is not None:
+        running[0].cancel()
+
+
+def _start_pahole(target, names, explicit: bool, got: dict, cache):
+    """Start pahole on what the cache does not answer; returns (Running, pahole id, known answers),
+    a note string (pahole not installed) or None (nothing to ask)."""
     from scopecheck.binary import pahole as ph
 
+    pid = ph.identity()
+    if pid is None:
+        return "pahole not installed (Debian package 'dwarves'); sizes not cross-checked"
+    entry = cache.pahole_answers(pid) if cache is not None else None
+    known = dict(entry["structs"]) if entry else {}
+    # ask only for structs the DWARF has (or must have): a name pahole cannot find makes it read
+    # all of a vmlinux's DWARF (a minute, GBs); the optional ones follow once our read shows them
+    ask = names if explicit else [n for n in names if n in REQUIRED_STRUCTS or got.get(n) is not None]
+    ask = [n for n in ask if n not in known]
+    if not ask and entry:
+        return None, pid, entry["version"], known
+    return ph.Running(target.elf, ask, want_version=entry is None), pid, (entry or {}).get("version"), known
+
+
+def _cross_check(rep: SizeReport, cache, running=None) -> None:
+    from scopecheck.binary import pahole as ph
+
+    if running is None:
+        running = _start_pahole(rep.target, list(rep.layouts), True, rep.layouts, cache)
+    if isinstance(running, str):
+        rep.pahole_note = running
+        return
+    proc, pid, ver, known = running
+    names = list(rep.layouts)
     try:
-        ver = ph.pahole_version()
+        if proc is not None:
+            v, fresh = proc.result()
+            ver = v or ver
+            known.update({n: p for n, p in fresh.items()})
+        todo = [n for n in names if n not in known]
+        if todo:  # optional structs our read found (vcpu_hyp_state, pkvm_hyp_vcpu)
+            fresh = ph.run(rep.target.elf, todo)
+            known.update(fresh)
+            if ver is None:
+                ver = ph.pahole_version()
+    except InputError as e:
+        rep.pahole_note = f"pahole failed: {e}"
+        return
     except ToolMissing as e:
         rep.pahole_note = f"pahole not installed (Debian package '{e.package}'); sizes not cross-checked"
         return
     rep.pahole_version = ver
-    names = list(rep.layouts)
-    known = cache.pahole_structs(ver) if cache is not None else {}
-    todo = [n for n in names if n not in known]
-    if todo:
-        try:
-            fresh = ph.run(rep.target.elf, todo)
-        except InputError as e:
-            rep.pahole_note = f"pahole failed: {e}"
-            return
-        known.update(fresh)
-        if cache is not None:
-            cache.set_pahole(ver, fresh)
+    if cache is not None:
+        cache.set_pahole_answers(pid, ver, known)
     rep.pahole = {n: known.get(n) for n in names}
     for n, lay in rep.layouts.items():
         p = rep.pahole.get(n)

@@ -25,9 +25,10 @@ class BuildTarget:
 
 
 def resolve(arg: str | Path) -> BuildTarget:
+    from scopecheck.paths import check_input_file
+
     p = Path(arg)
-    if not p.exists():
-        raise InputError(f"{p}: no such file or directory")
+    check_input_file(p, what="kernel image, object or build directory", dir_ok=True)
     if p.is_dir():
         vml = p / "vmlinux"
         nvhe = p / KVM_NVHE_O

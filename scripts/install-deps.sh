@@ -36,6 +36,19 @@ if [ ${#missing[@]} -gt 0 ]; then
   $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
+# Microsoft's SARIF Multitool (npm @microsoft/sarif-multitool, a self-contained .NET build: no
+# runtime to install) validates scopecheck's SARIF in the test suite.
+if ! command -v npm >/dev/null 2>&1; then
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends npm >/dev/null
+fi
+if ! command -v sarif-multitool >/dev/null 2>&1; then
+  echo "install-deps: installing @microsoft/sarif-multitool (npm)" >&2
+  $SUDO npm install -g --no-fund --no-audit @microsoft/sarif-multitool >/dev/null
+fi
+# npm's install-script policy may skip the package's own `chmod u+x`: make sure the binary runs
+mt="$(npm root -g)/@microsoft/sarif-multitool/node_modules/@microsoft/sarif-multitool-linux/Sarif.Multitool"
+if [ -f "$mt" ] && [ ! -x "$mt" ]; then $SUDO chmod a+x "$mt"; fi
+
 if [ "${1:-}" = "--python" ]; then
   here="$(cd "$(dirname "$0")/.." && pwd)"
   python3 -m pip install -q -e "$here[test]"

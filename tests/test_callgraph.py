@@ -131,10 +131,10 @@ def test_sarif_output():
         loc = res["locations"][0]["physicalLocation"]
         assert loc["region"]["startLine"] > 0 and loc["artifactLocation"]["uri"]
         assert res["codeFlows"][0]["threadFlows"][0]["locations"]
-        fps.add(res["partialFingerprints"]["scopecheckFunctionField/v1"])
+        fps.add(res["partialFingerprints"]["scopecheckFunctionFieldAccess/v2"])
     assert len(fps) > 1
     again = json.loads(run_cli("callgraph", "--format", "sarif", str(FIXTURE_BUILD / "before-dwarf5")).stdout)
-    assert {r["partialFingerprints"]["scopecheckFunctionField/v1"] for r in again["runs"][0]["results"]} == fps
+    assert {r["partialFingerprints"]["scopecheckFunctionFieldAccess/v2"] for r in again["runs"][0]["results"]} == fps
 
 
 @pytest.mark.parametrize("fmt,needle", [("dot", "digraph hyp"), ("graphml", "<graphml")])

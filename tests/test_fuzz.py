@@ -214,8 +214,12 @@ def test_corrupt_layout_cache_is_rebuilt(tmp_path, monkeypatch):
     flipped = good.replace('"size":1888', '"size":1880', 1)
     assert flipped != good
     rng = random.Random(1)
+    import hashlib
+
+    body = json.dumps({**_cache_json(good), "layouts": {"kvm_vcpu": {"name": 3}}}).encode()
+    well_summed = b"sha256 " + hashlib.sha256(body).hexdigest().encode() + b"\n" + body  # decodes badly
     bad = [b"", b"\0" * 100, good[: len(good) // 2].encode(), b"[]", b'{"key": 1}', flipped.encode(),
-           json.dumps({**json.loads(good), "layouts": {"kvm_vcpu": {"name": 3}}}).encode()]
+           well_summed]
     for _ in range(40):
         raw = bytearray(good.encode())
         raw[rng.randrange(len(raw))] ^= 1 << rng.randrange(8)
@@ -224,7 +228,14 @@ def test_corrupt_layout_cache_is_rebuilt(tmp_path, monkeypatch):
         path.write_bytes(b)
         got = load_layouts(obj)
         assert got == want, b[:80]
-        assert json.loads(path.read_text())["sha256"], "cache not rewritten"
+        assert _cache_json(path.read_text())["key"], "cache not rewritten"
+
+
+def _cache_json(text: str) -> dict:
+    """A layout cache file: ``sha256 <hex>`` on the first line, then the JSON body."""
+    head, body = text.split("\n", 1)
+    assert head.startswith("sha256 ")
+    return json.loads(body)
 
 
 def test_concurrent_runs_share_the_cache(tmp_path):
@@ -238,7 +249,7 @@ def test_concurrent_runs_share_the_cache(tmp_path):
     assert all(p.returncode == 0 for p in procs), [o[1] for o in outs]
     assert len({o[0] for o in outs}) == 1
     files = list((tmp_path / "layouts").glob("*.json"))
-    assert len(files) == 1 and json.loads(files[0].read_text())["sha256"]
+    assert len(files) == 1 and _cache_json(files[0].read_text())["key"]
     assert not list((tmp_path / "layouts").glob(".*.tmp")), "temporary files left behind"
     r = run_cli("size", "--no-pahole", "--format", "json", str(obj), env=env)
     assert r.returncode == 0 and r.stdout == outs[0][0]

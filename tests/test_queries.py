@@ -1,6 +1,6 @@
-"""Every query in queries/ against its annotated C test source (semgrep-rules style).
+"""Every query in scopecheck/queries/ against its annotated C test source (semgrep-rules style).
 
-queries/ID.c marks lines with ``ruleid: ID`` (must be reported) and ``ok: ID`` (must
+scopecheck/queries/ID.c marks lines with ``ruleid: ID`` (must be reported) and ``ok: ID`` (must
 not be). The test cross-compiles it with the mini hyp's headers into a kvm_nvhe.o the
 way Linux makes one (ld -r, objcopy --prefix-symbols=__kvm_nvhe_), writes a
 compile_commands.json, runs the proof, and compares the reported lines.
@@ -57,7 +57,7 @@ def build(src: Path, out: Path) -> Path:
 def test_every_query_has_a_test_source():
     assert {"rfc-hyp-scope", "ctxt-only", "pkvm-hyp-vcpu"} <= set(QUERIES)
     for q in QUERIES:
-        src = ROOT / "queries" / f"{q}.c"
+        src = ROOT / "scopecheck" / "queries" / f"{q}.c"
         assert src.is_file(), f"queries/{q}.toml has no annotated test source queries/{q}.c"
         must, must_not = markers(src, q)
         assert must and must_not, f"{src} needs both ruleid: and ok: lines"
@@ -68,7 +68,7 @@ def test_every_query_has_a_test_source():
 def test_query_reports_exactly_the_marked_lines(qid, tmp_path):
     from scopecheck.proof import prove
 
-    src = ROOT / "queries" / f"{qid}.c"
+    src = ROOT / "scopecheck" / "queries" / f"{qid}.c"
     must, must_not = markers(src, qid)
     d = build(src, tmp_path)
     r = prove(d, query=qid, use_cache=False)

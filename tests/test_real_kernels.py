@@ -92,7 +92,9 @@ def test_warm_cache_gives_identical_json(vmlinux_61, tmp_path):
     files[0].write_text("{ not json")
     c = run_cli("size", "--format", "json", str(vmlinux_61), env=env)
     assert c.returncode == 0 and c.stdout == a.stdout
-    json.loads(files[0].read_text())
+    head, body = files[0].read_text().split("\n", 1)  # rewritten: checksum line, then the JSON
+    assert head.startswith("sha256 ")
+    json.loads(body)
 
 
 def test_vmlinux_over_300_mb_within_memory_target(vmlinux_612):

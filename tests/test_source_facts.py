@@ -270,8 +270,19 @@ def test_cache_warm_run_and_header_change(tmp_path, monkeypatch):
     reparsed = STATS["parsed"] - before["parsed"]
     assert reparsed == n_c - 1  # offsets.c does not include inline.h
     assert again.accesses == cold.accesses
+    # a new scopecheck (another code fingerprint) never reads what this one cached
+    from scopecheck import cache
+
+    monkeypatch.setattr(cache, "code_fingerprint", lambda: "another-scopecheck")
+    before = STATS.copy()
+    assert source_facts(cmds, roots=ROOTS).accesses == again.accesses
+    assert STATS["parsed"] - before["parsed"] == n_c
+    monkeypatch.undo()
+    monkeypatch.setenv("SCOPECHECK_CACHE", str(tmp_path / "cache"))
     # a corrupt cache file is ignored and rewritten
-    for p in (tmp_path / "cache" / "source").glob("*.facts.pickle"):
+    entries = list((tmp_path / "cache" / "source").glob("*.facts.msgpack"))
+    assert entries and not list((tmp_path / "cache" / "source").glob("*.pickle"))
+    for p in entries:
         p.write_text("{corrupt")
     before = STATS.copy()
     assert source_facts(cmds, roots=ROOTS) == cold

@@ -125,7 +125,8 @@ _STORE = re.compile(r"^(str|stur|sttr|stp|stnp|stxr|stlxr|stlr|stlur|stxp|stlxp|
 
 # ---------------------------------------------------------------- public API
 
-def binary_accesses(elf_or_path, facts: HypFacts | None = None, roots=None, progress=None):
+def binary_accesses(elf_or_path, facts: HypFacts | None = None, roots=None, progress=None,
+                    use_cache: bool = True):
     """Field accesses and escalations of the hyp's machine code (see the module doc).
 
     Returns ``(accesses, escalations, stats)``; ``stats`` has counts
@@ -138,7 +139,7 @@ def binary_accesses(elf_or_path, facts: HypFacts | None = None, roots=None, prog
     elf = ElfImage(elf_or_path) if own else elf_or_path
     try:
         with reading_dwarf(elf.path, "DWARF of the hyp's variables"):
-            return _run(elf, facts, roots, progress)
+            return _run(elf, facts, roots, progress, use_cache)
     finally:
         if own:
             elf.close()
@@ -396,7 +397,7 @@ class _Lines:
 
 # ---------------------------------------------------------------- the analysis
 
-def _run(elf: ElfImage, facts, roots, progress):
+def _run(elf: ElfImage, facts, roots, progress, use_cache: bool = True):
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
     if facts is None:
@@ -405,7 +406,7 @@ def _run(elf: ElfImage, facts, roots, progress):
         timings["hyp_functions"] = time.perf_counter() - t0
     t = time.perf_counter()
     names = list(roots) if roots is not None else list(ROOTS)
-    layouts = load_layouts(elf.path, names)
+    layouts = load_layouts(elf.path, names, use_cache=use_cache)  # and cache.disabled() (--no-cache)
     R = _Roots(layouts)
     timings["layouts"] = time.perf_counter() - t
     stats: dict = {"roots": sorted(R.lay), "functions": 0, "instructions": 0, "access_sites": 0,

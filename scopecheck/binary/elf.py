@@ -81,10 +81,9 @@ class ElfImage:
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
         p = self.path
-        if not p.exists():
-            raise InputError(f"{p}: no such file")
-        if p.is_dir():
-            raise InputError(f"{p}: is a directory, expected an ELF file")
+        from scopecheck.paths import check_input_file
+
+        check_input_file(p, what="ELF file")  # before open: a FIFO or /dev/zero must not block
         try:
             self._file = open(p, "rb")
         except OSError as e:

@@ -74,3 +74,64 @@ def run(path: str | PathLike, names: list[str], timeout: float = 120) -> dict[st
         raise InputError(f"pahole failed to start: {e}") from None
     got = parse(r.stdout)
     return {n: got.get(n) for n in names}
+
+
+def identity() -> str | None:
+    """Which pahole would run: its real path, size and mtime (no subprocess; None if not installed).
+
+    Cached pahole answers are keyed by this, so a warm run needs no ``pahole --version``.
+    """
+    import os
+
+    exe = pahole_path()
+    if exe is None:
+        return None
+    real = os.path.realpath(exe)
+    try:
+        st = os.stat(real)
+    except OSError:
+        return None
+    return f"{real}|{st.st_size}|{st.st_mtime_ns}"
+
+
+class Running:
+    """``pahole -F dwarf -C names path`` (and ``--version`` when asked) started now, read by :meth:`result`.
+
+    So pahole reads the DWARF on one core while scopecheck reads it on another.
+    """
+
+    def __init__(self, path, names: list[str], want_version: bool, timeout: float = 120):
+        exe = pahole_path()
+        if exe is None:
+            raise ToolMissing("pahole", PACKAGE)
+        self.path, self.names, self.timeout = path, list(names), timeout
+        try:
+            self._ver = subprocess.Popen([exe, "--version"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                         text=True) if want_version else None
+            self._run = subprocess.Popen([exe, "-F", "dwarf", "-C", ",".join(self.names), str(path)],
+                                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                                         errors="replace") if self.names else None
+        except OSError as e:
+            raise InputError(f"pahole failed to start: {e}") from None
+
+    def cancel(self) -> None:
+        for p in (self._ver, self._run):
+            if p is not None and p.poll() is None:
+                p.kill()
+                p.wait()
+
+    def result(self) -> tuple[str | None, dict[str, PaholeStruct | None]]:
+        """(version or None if not asked, {name: PaholeStruct or None})."""
+        ver = None
+        try:
+            if self._ver is not None:
+                out, err = self._ver.communicate(timeout=10)
+                ver = out.strip() or err.strip()
+            got: dict = {}
+            if self._run is not None:
+                out, _ = self._run.communicate(timeout=self.timeout)
+                got = parse(out)
+        except subprocess.TimeoutExpired:
+            self.cancel()
+            raise InputError(f"pahole timed out after {self.timeout:.0f} s on {self.path}") from None
+        return ver, {n: got.get(n) for n in self.names}

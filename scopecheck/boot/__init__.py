@@ -125,6 +125,11 @@ def boot(image: Path, vmlinux: Optional[Path] = None, mode: str = "protected", t
     if timeout <= 0:
         raise InputError("--timeout must be positive")
     image = Path(image)
+    if vmlinux is not None:  # an ELF with DWARF: checked before anything else (its type before opening)
+        from scopecheck.binary.elf import ElfImage
+
+        with ElfImage(vmlinux) as elf:
+            elf.require_dwarf()
     check_image(image)
     qemu.qemu_binary()  # ToolMissing early, before any download
     dwarf = None

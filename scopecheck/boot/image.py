@@ -18,12 +18,13 @@ class WrongArchitecture(InputError):
 
 def check_image(path: Path) -> str:
     """Return a short description of the arm64 Image at ``path``; raise InputError otherwise."""
+    from scopecheck.paths import check_input_file
+
     p = Path(path)
-    if not p.exists():
-        raise InputError(f"{p}: no such file")
     if p.is_dir():
         cand = p / "arch" / "arm64" / "boot" / "Image"
         raise InputError(f"{p}: is a directory" + (f"; did you mean {cand}?" if cand.is_file() else ""))
+    check_input_file(p, what="kernel Image")  # before open: a FIFO or /dev/zero must not block
     with open(p, "rb") as f:
         head = f.read(0x40)
     what = "Image"

@@ -6,10 +6,14 @@ import io
 import json
 
 from scopecheck import __version__
-from scopecheck.proof import SCHEMA_VERSION, ProofResult
+from scopecheck.proof import FINGERPRINT_VERSION, SCHEMA_VERSION, ProofResult
 
 SARIF_SCHEMA = "https://json.schemastore.org/sarif-2.1.0.json"
 _LEVEL = {"error": "error", "warning": "warning", "note": "note"}
+#: the SARIF partialFingerprints key of Leak.fingerprint (v1 had no access kind)
+SARIF_FINGERPRINT = f"scopecheckFunctionFieldAccess/v{FINGERPRINT_VERSION}"
+_OLD_BASELINE = ("{path}: baseline from an older scopecheck (its leak fingerprints lack the access kind); "
+                 "regenerate it with this version's callgraph --format json or sarif")
 
 
 def _loc(file, line, col=None) -> str:
@@ -58,6 +62,7 @@ def to_dict(r: ProofResult) -> dict:
         "mode": r.mode,
         "limitations": r.limitations,
         "stats": r.stats,
+        "fingerprint_version": FINGERPRINT_VERSION,
         "leaks": [l.to_dict() for l in r.leaks],
         "footprint": [dict(v, field=k) for k, v in r.footprint.items()],
         "unresolved_calls": r.unresolved,
@@ -84,6 +89,10 @@ def to_sarif(r: ProofResult) -> str:
             "shortDescription": {"text": q.title},
             "fullDescription": {"text": q.description or q.title},
             "defaultConfiguration": {"level": _LEVEL[q.severity]},
+            # GitHub code scanning wants help on every rule (the SARIF Multitool's GH2012)
+            "help": {"text": (q.description or q.title) + f" Query {q.id}: what it allows is in its TOML file; "
+                             "`scopecheck callgraph --query " + q.id + " --format json` lists every leak with "
+                             "its call chain."},
             "helpUri": "https://example.invalid/scopecheck/queries/" + q.id}
     results = []
     g = r.graph
@@ -95,7 +104,7 @@ def to_sarif(r: ProofResult) -> str:
             flow_locs.append({"location": {**_phys(k[1], k[2]), "message": {"text": k[0]}}})
         res = {"ruleId": q.id, "level": _LEVEL[q.severity], "message": {"text": msg},
                "locations": [_phys(l.file, l.line, l.col)],
-               "partialFingerprints": {"scopecheckFunctionField/v1": l.fingerprint},
+               "partialFingerprints": {SARIF_FINGERPRINT: l.fingerprint},
                "codeFlows": [{"threadFlows": [{"locations": flow_locs}]}],
                "properties": {"field": f"{l.root}:{l.field}", "access": l.access, "bytes": l.size,
                               "origin": l.origin, "chain": l.chain}}
@@ -154,8 +163,14 @@ def baseline_fingerprints(text_: str, path: str) -> set[str]:
     except ValueError as e:
         raise InputError(f"{path}: baseline is not JSON ({e})") from None
     if isinstance(d, dict) and "leaks" in d:
+        if d["leaks"] and d.get("fingerprint_version") != FINGERPRINT_VERSION:
+            raise InputError(_OLD_BASELINE.format(path=path))
         return {l.get("fingerprint") for l in d["leaks"] if isinstance(l, dict)} - {None}
     if isinstance(d, dict) and d.get("version") == "2.1.0":
-        return {res.get("partialFingerprints", {}).get("scopecheckFunctionField/v1")
-                for run in d.get("runs", []) for res in run.get("results", [])} - {None}
+        results = [res for run in d.get("runs", []) if isinstance(run, dict)
+                   for res in run.get("results", []) if isinstance(res, dict)]
+        got = {(res.get("partialFingerprints") or {}).get(SARIF_FINGERPRINT) for res in results} - {None}
+        if results and not got:
+            raise InputError(_OLD_BASELINE.format(path=path))
+        return got
     raise InputError(f"{path}: baseline must be scopecheck callgraph JSON or SARIF output")

@@ -5,8 +5,8 @@ function *definition* (static inlines from headers included, deduplicated across
 translation units by ``(name, file, line)``) and file-scope initialisers, and returns a
 :class:`~scopecheck.model_code.SourceFacts`.
 
-Cache: ``cache_dir("source")``; one facts file per translation unit, keyed by sha256 of
-(scopecheck version, the clang arguments, the main file's content and the content of
+Cache: ``cache_dir("source")``; one facts file (typed msgpack, :mod:`scopecheck.cache`) per
+translation unit, keyed by sha256 of (scopecheck's code fingerprint, the clang arguments, the main file's content and the content of
 every file it includes). An index file per (version, arguments, main file) remembers the
 include list of the last parse, so a warm run re-hashes those files and loads the facts
 without parsing. A file that cannot be read back is ignored and rewritten.
@@ -17,7 +17,6 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import json
-import pickle
 import os
 import time
 from collections import Counter
@@ -26,9 +25,10 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from scopecheck import __version__
+from scopecheck import cache as _cache
 from scopecheck.model_code import (AddressTaken, Escalation, FieldAccess, SourceCall, SourceFacts,
                                    SourceFunction)
-from scopecheck.paths import atomic_write_bytes, atomic_write_text, cache_dir
+from scopecheck.paths import atomic_write_text, cache_dir
 from scopecheck.source.compdb import CompileCommand, clang_args
 
 DEFAULT_ROOTS = ("kvm_vcpu", "kvm_vcpu_arch", "kvm_cpu_context", "pkvm_hyp_vcpu", "vcpu_hyp_state")
@@ -74,6 +74,19 @@ class TUFacts:
                                  for k, d in self.per_function.items()],
                 "file_scope": [_dump(a) for a in self.file_scope],
                 "diagnostics": self.diagnostics, "includes": self.includes}
+
+    def to_wire(self) -> tuple:
+        """For :mod:`scopecheck.cache` (typed msgpack): records stay dataclasses, keys become tuples."""
+        return (self.functions, [(tuple(k), d) for k, d in self.per_function.items()], self.file_scope,
+                self.diagnostics, self.includes)
+
+    @classmethod
+    def from_wire(cls, w: tuple) -> "TUFacts":
+        t = cls()
+        functions, per_function, t.file_scope, t.diagnostics, t.includes = w
+        t.functions = functions
+        t.per_function = {tuple(k): d for k, d in per_function}
+        return t
 
     @classmethod
     def from_json(cls, d: dict) -> "TUFacts":
@@ -152,7 +165,7 @@ def _sha_file(path: str, memo: dict) -> str:
 
 def _tu_key(args: list[str], main: str, includes: list[str], memo: dict) -> str:
     h = hashlib.sha256()
-    h.update(json.dumps([CACHE_SCHEMA, __version__, args, main]).encode())
+    h.update(json.dumps([CACHE_SCHEMA, __version__, _cache.code_fingerprint(), args, main]).encode())
     for p in [main, *includes]:
         h.update(p.encode() + b"\0" + _sha_file(p, memo).encode() + b"\0")
     return h.hexdigest()
@@ -165,32 +178,35 @@ def _read_json(p: Path):
         return None
 
 
-def _read_pickle(p: Path):
-    """A cached TUFacts (pickle: 10x faster to load than JSON); anything unreadable is None."""
+def _read_facts(p: Path) -> "TUFacts | None":
+    """A cached TUFacts (typed msgpack, :mod:`scopecheck.cache`); a damaged entry is reported and None."""
+    wire = _cache.read(p)
+    if wire is None:
+        return None
     try:
-        with open(p, "rb") as f:
-            return pickle.load(f)
-    except Exception:  # missing, truncated, corrupt, or from another version: parse again
+        return TUFacts.from_wire(wire)
+    except (TypeError, ValueError, KeyError) as e:
+        _cache.report_bad(p, f"unexpected shape: {e}")
         return None
 
 
 def _index_path(args, cmd: CompileCommand, roots, source_root) -> tuple[Path, Path]:
     """The cache dir and the TU's index file (which names its includes, hence its facts key)."""
     d = cache_dir("source")
-    ident = hashlib.sha256(json.dumps([CACHE_SCHEMA, __version__, args, cmd.file, sorted(roots),
-                                       str(source_root)]).encode()).hexdigest()
+    ident = hashlib.sha256(json.dumps([CACHE_SCHEMA, __version__, _cache.code_fingerprint(), args, cmd.file,
+                                       sorted(roots), str(source_root)]).encode()).hexdigest()
     return d, d / f"{ident}.index.json"
 
 
 def cached_tu(cmd: CompileCommand, roots, source_root, cache: bool, memo: dict) -> TUFacts:
-    if not cache:
+    if not cache or not _cache.enabled():
         return parse_tu(cmd, roots, source_root)
     args = clang_args(cmd)
     d, index_p = _index_path(args, cmd, roots, source_root)
     idx = _read_json(index_p)
     if isinstance(idx, dict) and isinstance(idx.get("includes"), list):
         key = _tu_key(args + sorted(roots), cmd.file, idx["includes"], memo)
-        facts = _read_pickle(d / f"{key}.facts.pickle")
+        facts = _read_facts(d / f"{key}.facts.msgpack")
         if isinstance(facts, TUFacts):
             STATS["cache_hits"] += 1
             return facts
@@ -198,7 +214,8 @@ def cached_tu(cmd: CompileCommand, roots, source_root, cache: bool, memo: dict) 
     if any("could not parse" in x for x in facts.diagnostics):
         return facts
     key = _tu_key(args + sorted(roots), cmd.file, facts.includes, memo)
-    atomic_write_bytes(d / f"{key}.facts.pickle", pickle.dumps(facts, protocol=pickle.HIGHEST_PROTOCOL))
+    if not _cache.write(d / f"{key}.facts.msgpack", facts.to_wire()):
+        return facts
     atomic_write_text(index_p, json.dumps({"file": cmd.file, "includes": facts.includes, "key": key}))
     return facts
 
@@ -298,7 +315,7 @@ def _cached_only(cmd, roots, source_root, memo) -> bool:
     if not (isinstance(idx, dict) and isinstance(idx.get("includes"), list)):
         return False
     key = _tu_key(args + sorted(roots), cmd.file, idx["includes"], memo)
-    return (d / f"{key}.facts.pickle").is_file()
+    return (d / f"{key}.facts.msgpack").is_file()
 
 
 def enum_constants(cmd: CompileCommand) -> dict[str, int]:

@@ -18,7 +18,7 @@ from fuzz.harness import Outcome, run_case
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURE = ROOT / "fixtures" / "mini_hyp" / "build" / "after-dwarf5"
-QUERIES = ROOT / "queries"
+QUERIES = ROOT / "scopecheck" / "queries"
 ENTRY_S = ROOT / "fixtures" / "mini_hyp" / "src" / "entry.S"
 TIMEOUT = 10.0
 
