@@ -143,7 +143,8 @@ def preprocess(cmd: CompileCommand, shadow_dir: str | None, timeout: float = CPP
     except subprocess.TimeoutExpired:
         raise RuntimeError(f"preprocessing took longer than {timeout:.0f} s") from None
     if r.returncode != 0:
-        err = (r.stderr.strip().splitlines() or ["?"])[-1]
+        lines = r.stderr.strip().splitlines() or ["?"]
+        err = next((x for x in lines if "error" in x), lines[-1])
         raise RuntimeError(f"{argv[0]} -E failed: {err[:200]}")
     return r.stdout
 
@@ -652,6 +653,10 @@ class FileAnalysis:
             name = m.group(1)
             if name in self.globals or name in self.functions or name in self.function_names:
                 self.start(name, ln)
+            elif not name.startswith(".L") and not name.isdigit():
+                # a named local label is a symbol of its own in the ELF (the binary door's
+                # function): accesses after it are its own; registers flow on (fallthrough)
+                self.current = (name, self.rel(ln.file), ln.line)
             text = text[m.end():]
         t = text.strip()
         if not t or t.startswith(".") or t.startswith("#"):
