@@ -30,6 +30,7 @@ import hashlib
 import json
 import os
 import re
+import shlex
 import subprocess
 import tempfile
 from dataclasses import dataclass, field
@@ -166,7 +167,11 @@ def kbuild_asm_commands(build_dir, under: str = "arch/arm64/kvm/hyp", pattern: s
         m = re.search(r"^(?:saved)?cmd_\S+\s*:=\s*(.*)$", text, re.M)
         if not m:
             continue
-        argv = m.group(1).split()
+        line = m.group(1)
+        try:
+            argv = shlex.split(line) if any(c in line for c in "'\"\\") else line.split()
+        except ValueError:
+            argv = line.split()
         srcs = [a for a in argv if a.endswith(".S") and not a.startswith("-")]
         if not srcs:
             continue

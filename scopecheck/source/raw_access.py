@@ -37,6 +37,7 @@ MEM_FUNCTIONS = {
     "__builtin_memcpy": (0, 1, 2), "__builtin_memmove": (0, 1, 2), "__builtin_memset": (0, None, 2),
     "__builtin___memcpy_chk": (0, 1, 2), "__builtin___memmove_chk": (0, 1, 2),
     "__builtin___memset_chk": (0, None, 2),
+    "__underlying_memcpy": (0, 1, 2), "__underlying_memmove": (0, 1, 2), "__underlying_memset": (0, None, 2),
 }
 
 
