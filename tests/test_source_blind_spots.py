@@ -314,3 +314,45 @@ def test_asm_cache_warm_run(tmp_path, monkeypatch):
     warm = asm_pp.asm_facts(s, BUILD / "after-dwarf5" / "offsets.h", sw, roots=ROOTS, source_root=MINI)
     assert warm.accesses == cold.accesses and warm.unanalysed == cold.unanalysed
     json.loads(next((tmp_path / "cache" / "asm").glob("*.index.json")).read_text())
+
+
+@pytest.mark.parametrize("variant", ["before-dwarf5", "after-dwarf4"])
+def test_asm_accesses_agree_with_the_assembled_objects(variant):
+    """Cross-check with the machine code: at every line the preprocessed-assembly reading reports
+    loads/stores of a root, the assembler's line table (``objdump -d -l``) has as many register
+    transfers of the same direction (ldp/stp: two), macro expansions included."""
+    import shutil
+    import subprocess
+
+    tool = "aarch64-linux-gnu-objdump"
+    if shutil.which(tool) is None:
+        pytest.skip(f"{tool} not installed")
+    f, asm, *_ = facts(variant)
+    for s in ("entry.S", "guest-regs.S"):
+        obj = BUILD / variant / (s[:-2] + ".o")
+        out = subprocess.run([tool, "-d", "-l", str(obj)], capture_output=True, text=True, check=True).stdout
+        machine: dict = {}
+        line = None
+        for row in out.splitlines():
+            m = re.match(r"^\S*src/" + re.escape(s) + r":(\d+)", row)
+            if m:
+                line = int(m.group(1))
+                continue
+            m = re.match(r"^\s+[0-9a-f]+:\s+[0-9a-f]{8}\s+(\w+)\s+(.*)$", row)
+            if m and line is not None and "[" in m.group(2) and "[sp" not in m.group(2):
+                op = m.group(1)
+                kind = "read" if op.startswith("ld") else "write" if op.startswith("st") else None
+                if kind:
+                    machine.setdefault((line, kind), 0)
+                    machine[(line, kind)] += 2 if op in ("ldp", "stp") else 1
+        mine: dict = {}
+        for a in asm:
+            if a.file == f"src/{s}" and a.access in ("read", "write"):
+                mine[(a.line, a.access)] = mine.get((a.line, a.access), 0) + 1
+        assert mine and mine == {k: v for k, v in machine.items() if k in mine}, (s, mine, machine)
+        # and every load/store the machine code has on a line we report from is accounted for
+        lines = {ln for ln, _ in mine}
+        assert {k for k in machine if k[0] in lines} == set(mine), (s, mine, machine)
+        # a load/store we report nothing for is listed as unanalysed (the .if-guarded macro body)
+        listed = {u.line for u in f.unanalysed if u.file == f"src/{s}"}
+        assert {ln for ln, _ in machine} <= lines | listed, (s, sorted(machine), sorted(lines | listed))
