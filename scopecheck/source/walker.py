@@ -394,8 +394,12 @@ class FunctionWalker:
             return (self.eval_ptr(op) if cx.is_pointer(op.type) or cx.is_pointer(cx.strip(op).type)
                     else self._int_carried(op)), None
         p = cx.pointee(s.type)
-        v = self.eval_ptr(op) if cx.is_pointer(op.type) or cx.is_pointer(cx.strip(op).type) \
-            else self._int_carried(op)  # (T *)((unsigned long)vcpu + 8)
+        if cx.is_pointer(op.type) or cx.is_pointer(cx.strip(op).type):
+            v = self.eval_ptr(op)
+        else:  # an integer: (T *)((unsigned long)vcpu + 8) carries the pointer and the bytes added
+            v = self._int_carried(op) if cx.strip(op).kind == K.BINARY_OPERATOR else None
+            if v is None:
+                v = self.eval_ptr(op)
         if p is None or not cx.is_record(p):
             return v, None  # void *, char *, u64 *: keep the value
         target = self.ctx.obj_of(p)
