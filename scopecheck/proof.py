@@ -352,11 +352,29 @@ def _source_facts(inp: Inputs, use_cache: bool, progress):
         s_files = sorted(str(p) for p in [*hyp_dir.glob("nvhe/*.S"), *hyp_dir.glob("*.S")])
     facts = source_facts(c_cmds, roots=ROOTS, cache=use_cache)
     if inp.asm_offsets is not None and s_files:
-        from scopecheck.source.asm_offsets import asm_accesses, parse_asm_offsets
-
-        consts = parse_asm_offsets(inp.asm_offsets)
-        facts.accesses.extend(asm_accesses(s_files, consts))
+        _asm_facts(facts, hyp, c_cmds, s_files, inp, kernel, root, use_cache)
     return facts, root
+
+
+def _asm_facts(facts, hyp, c_cmds, s_files, inp: Inputs, kernel: bool, root, use_cache: bool) -> None:
+    """Hyp assembly preprocessed with each file's own command (source/asm_pp.py); the regex
+    reading of the unpreprocessed file only where no command or no preprocessor run worked."""
+    from scopecheck.source.asm_offsets import asm_accesses, parse_asm_offsets
+    from scopecheck.source.asm_pp import asm_facts, kbuild_asm_commands
+
+    s_cmds = [c for c in hyp if str(c.file).endswith(".S")]
+    if not s_cmds and kernel and c_cmds:  # 6.1's database lists no .S: kbuild's .cmd files have them
+        s_cmds = [c for c in kbuild_asm_commands(c_cmds[0].directory, pattern=".*.nvhe.o.cmd")
+                  if c.file in set(s_files)]
+    c_cmd = next((c for c in c_cmds if c.file.endswith(("/switch.c", "/hyp-main.c"))), c_cmds[0] if c_cmds else None)
+    res = asm_facts(s_cmds, inp.asm_offsets, c_cmd, roots=ROOTS, source_root=root, cache=use_cache)
+    facts.accesses.extend(res.accesses)
+    facts.unanalysed.extend(u for u in res.unanalysed if u.kind != "asm-file")
+    done = {c.file for c in s_cmds} - {os.path.normpath(os.path.join(str(root or ""), u.file or ""))
+                                       for u in res.unanalysed if u.kind == "asm-file"}
+    rest = [f for f in s_files if os.path.normpath(f) not in done]
+    if rest:
+        facts.accesses.extend(asm_accesses(rest, parse_asm_offsets(inp.asm_offsets)))
 
 
 def _is_nvhe(cmd) -> bool:

@@ -24,6 +24,14 @@ Each mutation touches a field that the pristine 6.1 build does not leak in that 
   (hyp/entry.S): read of ``arch.svcr``, origin asm.
 * ``alias-write``: ``struct kvm_vcpu_arch *a = &vcpu->arch; a->guest_debug_preserved.mdscr_el1 = 0``
   in ``handle___kvm_vcpu_run`` (nvhe/hyp-main.c): write at the assignment.
+* ``pointer-arith``: ``*(int *)((char *)vcpu + offsetof(struct kvm_vcpu, mode))`` in
+  ``__kvm_vcpu_run``: read of ``mode`` (mapped by byte range with libclang's layout).
+* ``memcpy``: ``memcpy(&local, (char *)vcpu + offsetof(struct kvm_vcpu, requests), 8)`` in
+  ``__kvm_vcpu_run``: read of ``requests``.
+* ``asm-macro``: an assembler macro ``scopecheck_load_debug_ptr`` in asm/kvm_asm.h whose body
+  loads through a C offset macro over a new asm-offsets constant, used in ``__guest_enter``:
+  read of ``arch.debug_ptr`` at the line of use, origin asm (seen only after the preprocessor
+  and the macro expansion).
 * ``allowed`` (negative): ``vcpu->arch.hcr_el2`` and ``vcpu->arch.ctxt.regs.pc`` in
   ``__kvm_vcpu_run``: nothing reported.
 
@@ -48,6 +56,7 @@ SYSREG_C = "arch/arm64/kvm/hyp/nvhe/sysreg-sr.c"
 HYP_MAIN = "arch/arm64/kvm/hyp/nvhe/hyp-main.c"
 ASM_OFFSETS = "arch/arm64/kernel/asm-offsets.c"
 ENTRY_S = "arch/arm64/kvm/hyp/entry.S"
+KVM_ASM_H = "arch/arm64/include/asm/kvm_asm.h"
 
 
 @dataclass(frozen=True)
@@ -83,7 +92,14 @@ def _m(name: str) -> str:
 EDITS: tuple[Edit, ...] = (
     # ---- nvhe/switch.c: __kvm_vcpu_run
     Edit(SWITCH_C, r"^int __kvm_vcpu_run\(struct kvm_vcpu \*vcpu\)$", r"^\tu64 exit_code;$",
+         "\tu64 scopecheck_requests;\n"
          "\n"
+         "\tif (*(int *)((char *)vcpu + offsetof(struct kvm_vcpu, mode)) < 0) " + _m("pointer-arith") + "\n"
+         "\t\treturn ARM_EXCEPTION_IL;\n"
+         "\tmemcpy(&scopecheck_requests, (char *)vcpu + offsetof(struct kvm_vcpu, requests), 8); "
+         + _m("memcpy") + "\n"
+         "\tif (scopecheck_requests == 1)\n"
+         "\t\treturn ARM_EXCEPTION_IL;\n"
          "\tif (vcpu->vcpu_id < 0) " + _m("direct") + "\n"
          "\t\treturn ARM_EXCEPTION_IL;\n"
          "\tif (scopecheck_mp_state(vcpu) == KVM_MP_STATE_STOPPED) " + _m("macro") + "\n"
@@ -129,10 +145,20 @@ EDITS: tuple[Edit, ...] = (
          "\tscopecheck_arch->guest_debug_preserved.mdscr_el1 = 0; " + _m("alias-write") + "\n"),
     # ---- asm-offsets.c + hyp/entry.S: a new constant and a load through it
     Edit(ASM_OFFSETS, None, r"^\s*DEFINE\(VCPU_HCR_EL2,.*\);$",
-         "  DEFINE(VCPU_SCOPECHECK_SVCR,\toffsetof(struct kvm_vcpu, arch.svcr));\n"),
+         "  DEFINE(VCPU_SCOPECHECK_SVCR,\toffsetof(struct kvm_vcpu, arch.svcr));\n"
+         "  DEFINE(VCPU_SCOPECHECK_DEBUG_PTR,\toffsetof(struct kvm_vcpu, arch.debug_ptr));\n"),
+    # asm/kvm_asm.h (assembly part): a C offset macro and an assembler macro using it
+    Edit(KVM_ASM_H, None, r"^#define CPU_XREG_OFFSET\(x\)",
+         "/* scopecheck mutation tests: an offset macro and an assembler macro over asm-offsets */\n"
+         "#define SCOPECHECK_DEBUG_PTR_OFFSET\t(VCPU_SCOPECHECK_DEBUG_PTR + 0)\n"
+         ".macro scopecheck_load_debug_ptr vcpu, tmp\n"
+         "\tldr\t\\tmp, [\\vcpu, #SCOPECHECK_DEBUG_PTR_OFFSET]\n"
+         ".endm\n"
+         "\n", where="before"),
     # x0 holds the vcpu; x1 is scratch here (the next macro uses it as a temporary)
     Edit(ENTRY_S, r"^SYM_FUNC_START\(__guest_enter\)$", r"^\tadd\tx29, x0, #VCPU_CONTEXT$",
-         f"\tldr\tx1, [x0, #VCPU_SCOPECHECK_SVCR]\t// {MARK} asm\n"),
+         f"\tldr\tx1, [x0, #VCPU_SCOPECHECK_SVCR]\t// {MARK} asm\n"
+         f"\tscopecheck_load_debug_ptr x0, x1\t// {MARK} asm-macro\n"),
 )
 
 MUTATIONS: tuple[Mutation, ...] = (
@@ -145,6 +171,9 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation("fn-table", HYP_MAIN, "handle___scopecheck_probe", "cpu", "read"),
     Mutation("asm", ENTRY_S, "__guest_enter", "arch.svcr", "read", origin="asm"),
     Mutation("alias-write", HYP_MAIN, "handle___kvm_vcpu_run", "arch.guest_debug_preserved.mdscr_el1", "write"),
+    Mutation("pointer-arith", SWITCH_C, "__kvm_vcpu_run", "mode", "read"),
+    Mutation("memcpy", SWITCH_C, "__kvm_vcpu_run", "requests", "read"),
+    Mutation("asm-macro", ENTRY_S, "__guest_enter", "arch.debug_ptr", "read", origin="asm"),
     Mutation("allowed", SWITCH_C, "__kvm_vcpu_run", "arch.hcr_el2", "read", negative=True),
 )
 

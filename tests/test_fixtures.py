@@ -27,8 +27,20 @@ SRC = MINI / "src"
 BUILD = MINI / "build"
 
 VARIANTS = ["before-dwarf5", "before-dwarf4", "after-dwarf5", "after-dwarf4"]
-OBJECTS = ["entry.o", "hyp-main.o", "pkvm.o", "switch.o", "sysreg-sr.o", "kvm_nvhe.o"]
-C_OBJECTS = ["hyp-main.o", "pkvm.o", "switch.o", "sysreg-sr.o"]
+
+
+def _build_sh_list(name: str) -> list[str]:
+    """CSRCS / ASRCS of fixtures/build.sh (the sources every variant is built from)."""
+    m = re.search(rf"^{name}=\((.*)\)$", BUILD_SH.read_text(), re.M)
+    assert m, f"no {name}=(...) in build.sh"
+    return m.group(1).split()
+
+
+C_SOURCES = _build_sh_list("CSRCS")
+ASM_SOURCES = _build_sh_list("ASRCS")
+C_OBJECTS = sorted(s.rsplit(".", 1)[0] + ".o" for s in C_SOURCES)
+ASM_OBJECTS = sorted(s.rsplit(".", 1)[0] + ".o" for s in ASM_SOURCES)
+OBJECTS = sorted(ASM_OBJECTS + C_OBJECTS) + ["kvm_nvhe.o"]
 PREFIX = "__kvm_nvhe_"
 
 
@@ -110,7 +122,7 @@ def test_object_is_aarch64_with_expected_dwarf(variant, obj):
         assert elf.get_section_by_name(".debug_info") is not None
         dwarf = elf.get_dwarf_info()
         cus = list(dwarf.iter_CUs())
-        expected_cus = 5 if obj == "kvm_nvhe.o" else 1
+        expected_cus = len(C_OBJECTS) + len(ASM_OBJECTS) if obj == "kvm_nvhe.o" else 1
         assert len(cus) == expected_cus
         versions = {cu.header["version"] for cu in cus}
         assert versions == {dwarf_version(variant)}
@@ -119,9 +131,9 @@ def test_object_is_aarch64_with_expected_dwarf(variant, obj):
             # location-independent: comp_dir is mapped to "."
             assert cu.get_top_DIE().attributes["DW_AT_comp_dir"].value == b"."
         if obj == "kvm_nvhe.o":
-            assert names == sorted(f"src/{o[:-2]}.{'S' if o == 'entry.o' else 'c'}" for o in C_OBJECTS + ["entry.o"])
+            assert names == sorted(f"src/{s}" for s in C_SOURCES + ASM_SOURCES)
         else:
-            assert names == [f"src/{obj[:-2]}.{'S' if obj == 'entry.o' else 'c'}"]
+            assert names == [f"src/{obj[:-2]}.{'S' if obj in ASM_OBJECTS else 'c'}"]
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -503,5 +515,6 @@ def test_function_markers_match_binary(variant):
             in_table = {target(r) for r in relocs[".hyp.rodata"]
                         if lo <= r[0] < hi and r[1] == R_AARCH64_ABS64}
             assert addr in in_table, f"{name} not in {m['via']}"
-            direct = {target(r) for r in text_relocs if r[1] in (R_AARCH64_CALL26, R_AARCH64_JUMP26)}
+            direct = {target(r) for r in text_relocs if r[1] in (R_AARCH64_CALL26, R_AARCH64_JUMP26)
+                      and r[2]["st_shndx"] != "SHN_UNDEF"}  # memset: undefined, value 0
             assert addr not in direct, f"{name} is called directly, not only via {m['via']}"

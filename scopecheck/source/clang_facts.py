@@ -27,12 +27,12 @@ from typing import Callable, Iterable
 from scopecheck import __version__
 from scopecheck import cache as _cache
 from scopecheck.model_code import (AddressTaken, Escalation, FieldAccess, SourceCall, SourceFacts,
-                                   SourceFunction)
-from scopecheck.paths import atomic_write_text, cache_dir
+                                   SourceFunction, Unanalysed)
+from scopecheck.paths import atomic_write_bytes, atomic_write_text, cache_dir
 from scopecheck.source.compdb import CompileCommand, clang_args
 
 DEFAULT_ROOTS = ("kvm_vcpu", "kvm_vcpu_arch", "kvm_cpu_context", "pkvm_hyp_vcpu", "vcpu_hyp_state")
-CACHE_SCHEMA = 1
+CACHE_SCHEMA = 2  # 2: raw byte-range accesses and Unanalysed records
 
 #: cumulative counters: ``parsed`` (libclang parses), ``cache_hits``, ``parse_seconds``
 STATS: Counter = Counter()
@@ -55,7 +55,7 @@ def _load(cls, d: dict):
 
 
 _KINDS = {"functions": SourceFunction, "accesses": FieldAccess, "escalations": Escalation,
-          "calls": SourceCall, "address_taken": AddressTaken}
+          "calls": SourceCall, "address_taken": AddressTaken, "unanalysed": Unanalysed}
 
 
 class TUFacts:
@@ -144,7 +144,8 @@ def parse_tu(cmd: CompileCommand, roots=DEFAULT_ROOTS, source_root=None) -> TUFa
                 wk.run()
             out.functions.append(wk.function())
             out.per_function[wk.key] = {"accesses": wk.accesses, "escalations": wk.escalations,
-                                        "calls": wk.calls, "address_taken": wk.address_taken}
+                                        "calls": wk.calls, "address_taken": wk.address_taken,
+                                        "unanalysed": wk.unanalysed}
         elif c.kind == K.VAR_DECL and c.location.file is not None:
             out.file_scope.extend(w.file_scope_address_taken(c, ctx))
     return out
@@ -264,6 +265,7 @@ def source_facts(commands: Iterable[CompileCommand], roots=DEFAULT_ROOTS, files=
             facts.escalations.extend(recs.get("escalations", ()))
             facts.calls.extend(recs.get("calls", ()))
             facts.address_taken.extend(recs.get("address_taken", ()))
+            facts.unanalysed.extend(recs.get("unanalysed", ()))
         for a in tf.file_scope:
             k = (a.function, a.file, a.line, a.where)
             if k not in seen_at:

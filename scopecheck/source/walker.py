@@ -10,7 +10,13 @@ Values are tracked as :class:`Ref` (root struct, path from it, name of the struc
   (``vcpu->kvm`` -> root ``kvm``), so anything reachable from a root is followed;
 * casts to a pointer to a non-struct type (void *, char *, u64 *, integers) keep the value;
   a cast to ``struct R *`` of a value pointing at a different (smaller) root struct is an
-  escalation (``container_of``), and starts root R.
+  escalation (``container_of``), and starts root R;
+* pointer arithmetic on a value (``(char *)vcpu + offsetof(...)``, ``p + 2`` on a ``u64 *``,
+  integer arithmetic on a pointer cast to an integer) and a cast of a member's address to
+  another struct type make a *raw* Ref: a byte ``delta`` (plus a variable part of a known
+  ``var`` stride) from a known field. Accesses through it are mapped to fields by byte
+  range with libclang's layout of the root (:mod:`.raw_access`); what cannot be mapped is
+  an :class:`~scopecheck.model_code.Unanalysed` record.
 
 Imported lazily (imports clang).
 """
@@ -22,8 +28,9 @@ from dataclasses import dataclass
 
 import clang.cindex as ci
 
-from scopecheck.model_code import AddressTaken, Escalation, FieldAccess, SourceCall, SourceFunction
+from scopecheck.model_code import AddressTaken, Escalation, FieldAccess, SourceCall, SourceFunction, Unanalysed
 from scopecheck.source import clangext as cx
+from scopecheck.source import raw_access as ra
 
 K = ci.CursorKind
 STMT_EXPR = ci.CursorKind.from_id(121)  # "StmtExpr" in the bindings' own spelling
@@ -34,6 +41,12 @@ class Ref:
     root: str
     path: str
     obj: str | None  # name of the struct the path designates (None: not a struct)
+    # raw: the location is ``delta`` bytes past ``path`` (plus a variable multiple of ``var``
+    # bytes when var > 0; var -1: a variable offset of unknown stride); ``obj`` is then the
+    # struct type the bytes are viewed as (a cast), or None
+    delta: int = 0
+    var: int = 0
+    raw: bool = False
 
     def member(self, name: str | None, obj: str | None) -> "Ref":
         if not name:
@@ -52,6 +65,8 @@ class Context:
         self.roots = frozenset(roots)
         self.relpath = relpath  # absolute file name -> reported file name
         self.sizes: dict[str, int] = {}
+        self.types: dict[str, object] = {}  # struct name -> its (canonical) libclang type
+        self._layouts: dict[str, object] = {}
         self._text: dict[str, bytes] = {}
         self._needles = [n.encode() for n in self.roots] + [b"container_of"]
         self.main_file = os.path.normpath(tu.spelling) if tu is not None else None
@@ -93,8 +108,21 @@ class Context:
                     sz = t.get_canonical().get_size()
                     if sz > 0:
                         self.sizes[n] = sz
+                    self.types[n] = t.get_canonical()
                 return n
         return None
+
+    def layout(self, name: str):
+        """libclang's layout of struct ``name`` (as seen in this TU), or None."""
+        if name not in self._layouts:
+            t = self.types.get(name)
+            lay = None
+            if t is not None:
+                from scopecheck.source.clang_layout import layout_of
+
+                lay = layout_of(t, name)
+            self._layouts[name] = lay
+        return self._layouts[name]
 
     def obj_of(self, t) -> str | None:
         """A struct type's name (root name preferred), or None for non-struct types."""
@@ -104,12 +132,41 @@ class Context:
         if r:
             return r
         names = cx.record_names(t)
+        if names:
+            self.types.setdefault(names[0], t.get_canonical())
         return names[0] if names else None
 
 
 def _anonymous(member_cursor) -> bool:
     n = member_cursor.spelling
     return not n or "(" in n or " " in n or ":" in n
+
+
+def _var(a: int, b: int) -> int:
+    """The stride of two variable offsets combined (0 none, -1 unknown)."""
+    if a == 0 or a == b:
+        return b
+    return -1
+
+
+def _base(lay, path: str) -> int | None:
+    if lay is None:
+        return None
+    from scopecheck.source.clang_layout import base_offset
+
+    return base_offset(lay, path)
+
+
+def _extent(lay, path: str) -> tuple[int | None, int | None]:
+    if "[*]" in path:
+        return None, None
+    from scopecheck.layout import member
+
+    try:
+        m = member(lay, path)
+    except (KeyError, ValueError):
+        return None, None
+    return m.offset, m.size
 
 
 def _null(c) -> bool:
@@ -135,6 +192,7 @@ class FunctionWalker:
         self.escalations: list[Escalation] = []
         self.calls: list[SourceCall] = []
         self.address_taken: list[AddressTaken] = []
+        self.unanalysed: list[Unanalysed] = []
 
     # ------------------------------------------------------------ record
     def function(self) -> SourceFunction:
@@ -268,9 +326,13 @@ class FunctionWalker:
             op = cx.binary_op(s)
             kids = cx.children(s)
             if op in (cx.BO_ADD, cx.BO_SUB) and len(kids) == 2:
-                for kid in kids:
+                for i, kid in enumerate(kids):
                     if cx.is_pointer(kid.type) or cx.is_pointer(cx.strip(kid).type):
-                        return self.eval_ptr(kid)
+                        if op == cx.BO_SUB and i == 1:
+                            return None  # n - p: not a pointer
+                        if op == cx.BO_SUB and (cx.is_pointer(kids[1].type) or cx.is_pointer(cx.strip(kids[1]).type)):
+                            return None  # p - q: a distance
+                        return self._step(self.eval_ptr(kid), s.type, kids[1 - i], op == cx.BO_SUB)
                 return self.eval_ptr(kids[0]) if op == cx.BO_SUB else None
             if op == cx.BO_COMMA and len(kids) == 2:
                 return self.eval_ptr(kids[1])
@@ -289,6 +351,29 @@ class FunctionWalker:
                     return b
             return self._fallback_ptr(s.type)
         return self._fallback_ptr(s.type)
+
+    def _step(self, v: Ref | None, ptr_type, n_expr, minus: bool) -> Ref | None:
+        """``v + n`` for a pointer of type ``ptr_type``: a raw Ref ``n * sizeof(*p)`` bytes further.
+
+        Stepping a struct pointer (``vcpu + 1``) keeps the value as before (arrays of roots).
+        """
+        if v is None:
+            return None
+        elem = cx.pointee(ptr_type)
+        if elem is None:
+            return v
+        if cx.is_record(elem) and not v.raw:
+            return v
+        esz = elem.get_canonical().get_size()
+        if esz <= 0:
+            esz = 1  # void * arithmetic (GNU C): bytes
+        n = cx.eval_int(n_expr)
+        if n is None:
+            return Ref(v.root, v.path, None, v.delta, _var(v.var, esz), True)
+        d = v.delta + (-n if minus else n) * esz
+        if d == 0 and not v.raw:
+            return v
+        return Ref(v.root, v.path, None, d, v.var, True)
 
     def _stmt_expr_value(self, s):
         kids = cx.children(s)
@@ -309,15 +394,24 @@ class FunctionWalker:
             return (self.eval_ptr(op) if cx.is_pointer(op.type) or cx.is_pointer(cx.strip(op).type)
                     else self._int_carried(op)), None
         p = cx.pointee(s.type)
+        if cx.is_pointer(op.type) or cx.is_pointer(cx.strip(op).type):
+            v = self.eval_ptr(op)
+        else:  # an integer: (T *)((unsigned long)vcpu + 8) carries the pointer and the bytes added
+            v = self._int_carried(op) if cx.strip(op).kind == K.BINARY_OPERATOR else None
+            if v is None:
+                v = self.eval_ptr(op)
         if p is None or not cx.is_record(p):
-            return self.eval_ptr(op), None  # void *, char *, u64 *: keep the value
+            return v, None  # void *, char *, u64 *: keep the value
         target = self.ctx.obj_of(p)
-        v = self.eval_ptr(op)
         if target is None:
             return None, None
+        if v is not None and v.raw:
+            return self._cast_raw(v, target)
         if v is not None and v.obj == target:
             return v, None
         if target not in self.ctx.roots:
+            if v is not None and (v.path or v.obj in self.ctx.roots):
+                return Ref(v.root, v.path, target, 0, 0, True), None  # a view of a field's bytes
             return None, None
         esc = None
         if v is not None and v.obj in self.ctx.roots and v.root != target:
@@ -326,6 +420,34 @@ class FunctionWalker:
                 esc = (v.obj, target)
         return Ref(target, "", target), esc
 
+    def _cast_raw(self, v: Ref, target: str) -> tuple[Ref | None, tuple | None]:
+        """A raw location cast to ``struct target *``: back to a named field when the bytes are one."""
+        if v.var == 0:
+            if not v.path and v.delta == 0 and target == v.root:
+                return Ref(v.root, "", v.root), None
+            lay = self.ctx.layout(v.root)
+            base = _base(lay, v.path)
+            if lay is not None and base is not None:
+                at = base + v.delta
+                if at == 0 and target == v.root:
+                    return Ref(v.root, "", v.root), None
+                if 0 <= at < lay.size:
+                    path = ra.member_at(lay, at, target)
+                    if path:
+                        return Ref(v.root, path, target), None
+        if target in self.ctx.roots and target != v.root:
+            # container_of(ptr, struct R, member): walks back out of the smaller root
+            src = v.root if not v.path else None
+            esc = None
+            if src is not None and src in self.ctx.roots:
+                big, small = self.ctx.sizes.get(target), self.ctx.sizes.get(src)
+                if big is None or small is None or big > small:
+                    esc = (src, target)
+            return Ref(target, "", target), esc
+        if target == v.root and v.var != 0:
+            return Ref(target, "", target), None  # an address translation (kern_hyp_va-style)
+        return Ref(v.root, v.path, target, v.delta, v.var, True), None
+
     def _int_carried(self, op) -> Ref | None:
         """A pointer value carried through integer arithmetic ((unsigned long)p + off)."""
         s = cx.strip(op)
@@ -333,7 +455,13 @@ class FunctionWalker:
             return self._cast_value(s)[0]
         if s.kind == K.BINARY_OPERATOR and cx.binary_op(s) in (cx.BO_ADD, cx.BO_SUB):
             kids = cx.children(s)
-            return self._int_carried(kids[0]) if kids else None
+            v = self._int_carried(kids[0]) if kids else None
+            if v is not None and len(kids) == 2:
+                n = cx.eval_int(kids[1])
+                if n is not None and n != 0:  # (unsigned long)vcpu + 8: bytes
+                    d = v.delta + (-n if cx.binary_op(s) == cx.BO_SUB else n)
+                    return Ref(v.root, v.path, None, d, v.var, True)
+            return v
         if s.kind == K.DECL_REF_EXPR and s.referenced is not None and \
                 s.referenced.kind in (K.VAR_DECL, K.PARM_DECL) and not cx.is_pointer(s.referenced.type):
             defs = self.defs.get(s.referenced.hash) or []
@@ -353,6 +481,12 @@ class FunctionWalker:
             b = self.eval_ptr(base) if cx.is_pointer(base.type) else self.eval_loc(base)
             if b is None:
                 return None
+            if b.raw:
+                ref = s.referenced
+                bits = ref.get_field_offsetof() if ref is not None and ref.kind == K.FIELD_DECL else -1
+                if bits < 0:
+                    return Ref(b.root, b.path, None, b.delta, -1, True)
+                return Ref(b.root, b.path, self.ctx.obj_of(s.type), b.delta + bits // 8, b.var, True)
             name = None if _anonymous(s) else s.spelling
             return b.member(name, self.ctx.obj_of(s.type))
         if k == K.ARRAY_SUBSCRIPT_EXPR:
@@ -365,11 +499,16 @@ class FunctionWalker:
                 b = self.eval_loc(sb)
                 if b is None:
                     return None
+                if b.raw:
+                    return self._raw_index(b, s.type, idx)
                 if b.path == "" and sb.kind == K.DECL_REF_EXPR:
                     return b  # an array of root structs: each element is a root
                 n = cx.eval_int(idx)
                 return b.index(f"[{n}]" if n is not None else "[*]", self.ctx.obj_of(s.type))
-            return self.eval_ptr(base)
+            b = self.eval_ptr(base)
+            if b is not None and b.raw:
+                return self._raw_index(b, s.type, idx)
+            return b
         if k == K.UNARY_OPERATOR:
             if cx.unary_op(s) != cx.UO_DEREF:
                 return None
@@ -390,6 +529,16 @@ class FunctionWalker:
             r = self.ctx.root_of(s.type)
             return Ref(r, "", r) if r else None
         return None
+
+    def _raw_index(self, b: Ref, elem_type, idx) -> Ref:
+        esz = elem_type.get_canonical().get_size()
+        n = cx.eval_int(idx)
+        obj = self.ctx.obj_of(elem_type)
+        if esz <= 0:
+            return Ref(b.root, b.path, obj, b.delta, -1, True)
+        if n is None:
+            return Ref(b.root, b.path, obj, b.delta, _var(b.var, esz), True)
+        return Ref(b.root, b.path, obj, b.delta + n * esz, b.var, True)
 
     # ------------------------------------------------------------ locations, macros
     def tokens(self) -> dict:
@@ -488,6 +637,9 @@ class FunctionWalker:
             return
         elif k == K.CALL_EXPR:
             self._call(c)
+            self._mem_call(c)
+        elif k == K.ASM_STMT:
+            self._asm_operands(c)
         elif k == K.DECL_REF_EXPR:
             ref = c.referenced
             if ref is not None and ref.kind == K.FUNCTION_DECL and c.hash not in self.callee_refs:
@@ -555,12 +707,128 @@ class FunctionWalker:
                 kind = "addr"  # an array used as a pointer: its address, not a load
             ref = self.eval_loc(c)
             node = c
-        if ref is None or not ref.path:
+        if ref is None:
+            return
+        if ref.raw:
+            if kind != "addr":
+                size = node.type.get_canonical().get_size()
+                self._bytes(ref, kind, node, size, self.via_of(c) or ("cast" if ref.obj else "pointer-arith"))
+            return
+        if not ref.path:
+            if kind != "addr" and cx.is_record(node.type) and ref.root == self.ctx.root_of(node.type):
+                # a whole root struct copied (*dst = *src): each of its members, at full size
+                self._bytes(ref, kind, node, node.type.get_canonical().get_size(), self.via_of(c) or "struct-copy")
             return
         f, line, col = self._where(node)
         self.accesses.append(FieldAccess(root=ref.root, path=ref.path, access=kind, function=self.key,
                                          file=f, line=line, col=col, origin="source",
                                          via=self.via_of(c)))
+
+    # ------------------------------------------------------------ byte ranges
+    def _unanalysed(self, kind: str, node, detail: str):
+        f, line, col = self._where(node)
+        self.unanalysed.append(Unanalysed(kind=kind, function=self.key, file=f, line=line, col=col,
+                                          detail=detail, origin="source"))
+
+    def _bytes(self, ref: Ref, kind: str, node, size: int | None, via: str | None):
+        """Accesses of ``size`` bytes at a (raw or whole-struct) location, mapped to fields by layout."""
+        lay = self.ctx.layout(ref.root)
+        what = f"{ref.root}:{ref.path or '<root>'}"
+        if lay is None:
+            self._unanalysed("unmapped-offset", node, f"{what}{ref.delta:+d}: no layout of struct {ref.root}")
+            return
+        base = _base(lay, ref.path)
+        if base is None:
+            self._unanalysed("pointer-arith", node, f"{what}{ref.delta:+d}: variable index before the offset")
+            return
+        at = base + ref.delta
+        if size is None or size <= 0:
+            self._unanalysed("unmapped-offset", node, f"{what}{ref.delta:+d}: access of unknown size")
+            return
+        paths: list[str]
+        if ref.var:
+            arr = ra_array(lay, at, ref.var) if ref.var > 0 else None
+            if arr is None:
+                self._unanalysed("pointer-arith", node,
+                                 f"{what}{ref.delta:+d} + a variable offset: not an index into an array")
+                return
+            paths = [arr]
+        else:
+            try:
+                paths = ra.cover(lay, at, size)
+            except ValueError:
+                self._unanalysed("unmapped-offset", node,
+                                 f"{what}{ref.delta:+d}: bytes [{at}, {at + size}) outside struct {ref.root}")
+                return
+            if not paths:
+                self._unanalysed("unmapped-offset", node,
+                                 f"{what}{ref.delta:+d}: bytes [{at}, {at + size}) are padding")
+                return
+        f, line, col = self._where(node)
+        for p in paths:
+            off, sz = (at, size) if len(paths) == 1 and not ref.var else _extent(lay, p)
+            self.accesses.append(FieldAccess(root=ref.root, path=p, access=kind, function=self.key, file=f,
+                                             line=line, col=col, origin="source", offset=off, size=sz, via=via))
+
+    def _mem_call(self, c):
+        """memcpy/memset/memmove (and __builtin_ variants) of fields: a write of the destination,
+        a read of the source, each one access of the whole member (or of the bytes copied)."""
+        kids = cx.children(c)
+        if not kids:
+            return
+        callee = cx.strip(kids[0])
+        ref = callee.referenced if callee.kind == K.DECL_REF_EXPR else None
+        name = ref.spelling if ref is not None else callee.spelling
+        spec = ra.MEM_FUNCTIONS.get(name)
+        if spec is None:
+            return
+        args = kids[1:]
+        dst_i, src_i, n_i = spec
+        if n_i >= len(args):
+            return
+        n = cx.eval_int(args[n_i])
+        for i, kind in ((dst_i, "write"), (src_i, "read")):
+            if i is None or i >= len(args):
+                continue
+            v = self.eval_ptr(args[i])
+            if v is None:
+                continue
+            node = cx.strip(args[i])
+            size = n
+            if v.raw:
+                if size is None:
+                    self._unanalysed("memcpy-size", node, f"{name}: {v.root}:{v.path}{v.delta:+d}, size not constant")
+                    continue
+                self._bytes(v, kind, node, size, name)
+                continue
+            lay = self.ctx.layout(v.root)
+            if not v.path and (lay is None or v.obj != v.root):
+                continue  # not a pointer at a root-reached object
+            if size is None:
+                if v.path:  # the whole member
+                    f, line, col = self._where(node)
+                    self.accesses.append(FieldAccess(root=v.root, path=v.path, access=kind, function=self.key,
+                                                     file=f, line=line, col=col, origin="source", via=name))
+                else:
+                    self._unanalysed("memcpy-size", node, f"{name}: {v.root}, size not constant")
+                continue
+            self._bytes(Ref(v.root, v.path, v.obj, 0, 0, True), kind, node, size, name)
+
+    def _asm_operands(self, c):
+        """offsetof(struct R, path) of a root R used as an inline-asm operand: an access of that field."""
+        kind = None
+        for op in cx.children(c):
+            parts = ra.offsetof_parts(op)
+            if parts is None:
+                continue
+            struct, path = parts
+            if struct not in self.ctx.roots or not path:
+                continue
+            if kind is None:
+                kind = ra.asm_kind(ra.asm_template(c, self.ctx.tu))
+            f, line, col = self._where(c)
+            self.accesses.append(FieldAccess(root=struct, path=path, access=kind, function=self.key, file=f,
+                                             line=line, col=col, origin="source", via="asm"))
 
     def _call(self, c):
         kids = cx.children(c)
@@ -623,6 +891,14 @@ class FunctionWalker:
             if anc.kind in (K.CALL_EXPR, K.COMPOUND_STMT):
                 return None
         return None
+
+
+def ra_array(lay, at: int, stride: int) -> str | None:
+    """``path[*]`` of the array of ``stride``-byte elements holding byte ``at`` (variable index)."""
+    from scopecheck.source.clang_layout import array_path
+
+    hit = array_path(lay, at, stride)
+    return hit
 
 
 def file_scope_address_taken(var, ctx: Context) -> list[AddressTaken]:
