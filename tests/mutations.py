@@ -24,6 +24,9 @@ Each mutation touches a field that the pristine 6.1 build does not leak in that 
   (hyp/entry.S): read of ``arch.svcr``, origin asm.
 * ``alias-write``: ``struct kvm_vcpu_arch *a = &vcpu->arch; a->guest_debug_preserved.mdscr_el1 = 0``
   in ``handle___kvm_vcpu_run`` (nvhe/hyp-main.c): write at the assignment.
+* ``binary-only``: in ``__kvm_vcpu_run`` the vcpu pointer is copied by an inline-asm ``mov`` the
+  source walk cannot see into, and ``arch.svcr`` is read through the copy: only the machine
+  code shows the read (origin binary, a binary-only site in the evidence ledger).
 * ``allowed`` (negative): ``vcpu->arch.hcr_el2`` and ``vcpu->arch.ctxt.regs.pc`` in
   ``__kvm_vcpu_run``: nothing reported.
 
@@ -91,7 +94,15 @@ EDITS: tuple[Edit, ...] = (
          "\tif (scopecheck_vcpu_paused(vcpu))\n"
          "\t\treturn ARM_EXCEPTION_IL;\n"
          "\tif (!vcpu->arch.hcr_el2 && !vcpu->arch.ctxt.regs.pc) " + _m("allowed") + "\n"
-         "\t\treturn ARM_EXCEPTION_IL;\n"),
+         "\t\treturn ARM_EXCEPTION_IL;\n"
+         "\t{\n"
+         "\t\tunsigned long scopecheck_p;\n"
+         "\n"
+         "\t\tasm volatile(\"mov %0, %1\" : \"=r\"(scopecheck_p) : \"r\"(vcpu));\n"
+         "\t\tif (*(volatile u64 *)(scopecheck_p + offsetof(struct kvm_vcpu, arch.svcr))) "
+         + _m("binary-only") + "\n"
+         "\t\t\treturn ARM_EXCEPTION_IL;\n"
+         "\t}\n"),
     # ---- hyp/switch.h: a new macro and a new static inline
     Edit(SWITCH_H, None, r"^/\* Check whether the FP regs are owned by the guest \*/$",
          "/* scopecheck mutation tests: a macro and a header inline reaching outside the scope */\n"
@@ -145,6 +156,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation("fn-table", HYP_MAIN, "handle___scopecheck_probe", "cpu", "read"),
     Mutation("asm", ENTRY_S, "__guest_enter", "arch.svcr", "read", origin="asm"),
     Mutation("alias-write", HYP_MAIN, "handle___kvm_vcpu_run", "arch.guest_debug_preserved.mdscr_el1", "write"),
+    Mutation("binary-only", SWITCH_C, "__kvm_vcpu_run", "arch.svcr", "read", origin="binary"),
     Mutation("allowed", SWITCH_C, "__kvm_vcpu_run", "arch.hcr_el2", "read", negative=True),
 )
 

@@ -27,8 +27,16 @@ SRC = MINI / "src"
 BUILD = MINI / "build"
 
 VARIANTS = ["before-dwarf5", "before-dwarf4", "after-dwarf5", "after-dwarf4"]
-OBJECTS = ["entry.o", "hyp-main.o", "pkvm.o", "switch.o", "sysreg-sr.o", "kvm_nvhe.o"]
-C_OBJECTS = ["hyp-main.o", "pkvm.o", "switch.o", "sysreg-sr.o"]
+
+def _build_sh_list(name: str) -> list[str]:
+    """A source list of fixtures/build.sh (CSRCS, ASRCS): the objects every variant has."""
+    m = re.search(rf"^{name}=\(([^)]*)\)", BUILD_SH.read_text(), re.M)
+    assert m, f"build.sh has no {name}"
+    return m.group(1).split()
+
+
+C_OBJECTS = [s.rsplit(".", 1)[0] + ".o" for s in _build_sh_list("CSRCS")]
+OBJECTS = ["entry.o", *C_OBJECTS, "kvm_nvhe.o"]
 PREFIX = "__kvm_nvhe_"
 
 
@@ -110,7 +118,7 @@ def test_object_is_aarch64_with_expected_dwarf(variant, obj):
         assert elf.get_section_by_name(".debug_info") is not None
         dwarf = elf.get_dwarf_info()
         cus = list(dwarf.iter_CUs())
-        expected_cus = 5 if obj == "kvm_nvhe.o" else 1
+        expected_cus = len(C_OBJECTS) + 1 if obj == "kvm_nvhe.o" else 1
         assert len(cus) == expected_cus
         versions = {cu.header["version"] for cu in cus}
         assert versions == {dwarf_version(variant)}
@@ -369,6 +377,9 @@ ACCESS_RE = re.compile(
 ESC_RE = re.compile(
     r"^expect(?:@(?P<layout>before|after))?: escalation (?P<scope>[\w-]+) (?P<src>\w+)->(?P<dst>\w+)$")
 FN_RE = re.compile(r"^expect-fn:((?: [\w=-]+)+)$")
+# the reconciliation ledger's class of an access (scopecheck/reconcile.py)
+EVIDENCE_RE = re.compile(r"^expect-evidence: (?P<evidence>explained|binary-only|source-only|compiled-away|unanalysed)"
+                         r" (?P<root>\w+):(?P<path>[\w.\[\]*]+) (?P<access>read|write|rw|addr)$")
 FN_PROPS = {"inlined", "noinline", "unused", "static-dup", "indirect", "called-from-asm", "asm"}
 
 
@@ -381,7 +392,8 @@ def parse_markers(path: Path) -> list[dict]:
             if not comment.startswith("expect"):
                 continue
             for clause in (c.strip() for c in comment.split(";")):
-                m = ACCESS_RE.match(clause) or ESC_RE.match(clause) or FN_RE.match(clause)
+                m = ACCESS_RE.match(clause) or ESC_RE.match(clause) or FN_RE.match(clause) or \
+                    EVIDENCE_RE.match(clause)
                 assert m, f"{path.name}:{lineno}: bad marker clause {clause!r}"
                 rec = {"file": path.name, "line": lineno, "text": line, **m.groupdict()}
                 if clause.startswith("expect-fn:"):
@@ -394,6 +406,8 @@ def parse_markers(path: Path) -> list[dict]:
                     fm = re.match(r"^\s*(\w+):", line) or re.search(r"(\w+)\s*\([^()]*\)\s*(?:/\*|$)", line)
                     assert fm, f"{path.name}:{lineno}: no function name on expect-fn line"
                     rec["function"] = fm.group(1)
+                elif clause.startswith("expect-evidence:"):
+                    rec["kind"] = "evidence"
                 elif "escalation" in clause.split()[1:2]:
                     rec["kind"] = "escalation"
                 else:
@@ -413,7 +427,9 @@ def test_markers_parse_and_cover_all_cases():
     verdicts = {m["verdict"] for m in ms if m["kind"] == "access"}
     assert verdicts == {"ok", "leak", "dead"}
     assert sum(m["kind"] == "escalation" for m in ms) >= 1
-    assert {m["scope"] for m in ms if m["kind"] != "fn"} == {"rfc-hyp-scope"}
+    scopes = {m["scope"] for m in ms if m["kind"] in ("access", "escalation")}
+    assert "rfc-hyp-scope" in scopes and scopes <= {p.stem for p in (REPO / "queries").glob("*.toml")}, scopes
+    assert {m["evidence"] for m in ms if m["kind"] == "evidence"} >= {"binary-only", "compiled-away"}
     files_with_leaks = {m["file"] for m in ms if m.get("verdict") == "leak"}
     assert {"switch.c", "hyp-main.c", "sysreg-sr.c", "pkvm.c", "entry.S"} <= files_with_leaks
     assert any(m["kind"] == "access" and m["file"] == "inline.h" and m["verdict"] == "ok" for m in ms)
