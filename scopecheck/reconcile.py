@@ -225,6 +225,26 @@ def reconcile(src: SourceFacts | None, b_acc: list[FieldAccess], b_esc: list[Esc
         outer_of.setdefault(c, set()).add(k)
     for k in group:
         outer_of.setdefault(k, set()).add(k)
+    # a machine access may also stand for a direct callee's source access: GCC's IPA-SRA turns a
+    # pointer parameter only read into a value the caller loads (``.isra`` clones)
+    callees_of: dict = {}
+    for e in facts.edges:
+        if e.caller is not None and e.callee is not None and e.kind in ("call_site", "tail_call", "bl", "b"):
+            callees_of.setdefault(norm_key(e.caller, root), set()).add(norm_key(e.callee, root))
+
+    # ... and a source callee whose inlined copy left no DWARF trace in this caller
+    if src is not None:
+        by_name_b: dict = {}
+        for k in g.in_binary:
+            by_name_b.setdefault(k[0], []).append(k)
+        for c in src.calls:
+            if c.indirect or not c.callee:
+                continue
+            ck = g.map_key(norm_key(c.caller, root))
+            if ck is None:
+                continue
+            for b in by_name_b.get(c.callee, ()):
+                callees_of.setdefault(ck, set()).add(b)
 
     # ---- source accesses: mapped to binary keys, or compiled away
     src_rows: dict = {}  # binary key -> [(canonical access, original root, matched flag list index)]
@@ -252,9 +272,22 @@ def reconcile(src: SourceFacts | None, b_acc: list[FieldAccess], b_esc: list[Esc
                 continue
             ca = canon(a, function=k, file=norm_file(a.file, root))
             i = len(src_list)
-            src_list.append([ca, a.root, None])
+            src_list.append([ca, a.root, None, None])
             src_rows.setdefault(k, []).append(i)
+        # a static inline whose whole body folded into its caller's addressing (vcpu_pc(),
+        # vcpu_cpsr()) leaves no DW_TAG_inlined_subroutine: it is in the binary when a caller is,
+        # and a machine access of that caller must explain its accesses
+        folded = _folded_into(src, away, g, root)
         for sk, accs in sorted(away.items(), key=lambda t: repr(t[0])):
+            callers = folded.get(sk)
+            if callers:
+                for ca in accs:
+                    i = len(src_list)
+                    src_list.append([ca, ca.root, None, sk])
+                    for c in callers:
+                        src_rows.setdefault(c, []).append(i)
+                        _add_edge(g, c, sk)
+                continue
             L.compiled_away.append({"function": sk[0], "file": sk[1], "line": sk[2], "accesses": accs})
             L.counts["compiled_away"] += len(accs)
             if include_compiled_away:
@@ -280,6 +313,8 @@ def reconcile(src: SourceFacts | None, b_acc: list[FieldAccess], b_esc: list[Esc
             keys = set()
             for o in outer_of.get(k, (k,)):
                 keys |= group.get(o, {o})
+            for kk in list(keys):
+                keys |= callees_of.get(kk, set())
             for kk in keys:
                 for i in src_rows.get(kk, ()):
                     ca = src_list[i][0]
@@ -319,7 +354,12 @@ def reconcile(src: SourceFacts | None, b_acc: list[FieldAccess], b_esc: list[Esc
         L.counts["binary_only"] += 1
         L.judged.append(Judged(ca, frozenset(roots), "binary_only"))
 
-    for ca, orig, broots in src_list:
+    folded_away: dict = {}
+    for ca, orig, broots, folded_fn in src_list:
+        if folded_fn is not None and not broots:
+            # folded into a caller, but no machine access there matches: not in this build either
+            folded_away.setdefault(folded_fn, []).append(ca)
+            continue
         roots = {orig} | (broots or set())
         m = marked_fn(ca.function) if orig in _VCPUISH else None
         if m is not None:
@@ -332,6 +372,13 @@ def reconcile(src: SourceFacts | None, b_acc: list[FieldAccess], b_esc: list[Esc
             L.counts["source_only"] += 1
             L.source_only.append(ca)
             L.judged.append(Judged(ca, frozenset(roots), "source_only"))
+
+    for sk, accs in sorted(folded_away.items(), key=lambda t: repr(t[0])):
+        L.compiled_away.append({"function": sk[0], "file": sk[1], "line": sk[2], "accesses": accs})
+        L.counts["compiled_away"] += len(accs)
+        if include_compiled_away:
+            L.judged.extend(Judged(ca, frozenset((ca.root,)), "compiled_away") for ca in accs)
+    L.compiled_away.sort(key=lambda d: (d["function"], d["file"] or "", d["line"] or 0))
 
     # ---- escalations: the source's, and the machine code's the source does not explain
     src_esc: dict = {}
@@ -373,6 +420,46 @@ def reconcile(src: SourceFacts | None, b_acc: list[FieldAccess], b_esc: list[Esc
     L.binary_only.sort(key=lambda a: (a.file or "", a.line or 0, a.address or 0, a.path))
     L.source_only.sort(key=lambda a: (a.file or "", a.line or 0, a.col or 0, a.path))
     return L
+
+
+def _folded_into(src: SourceFacts, away: dict, g: HypGraph, root) -> dict:
+    """Source key of a function not in the binary -> binary keys of the functions it was inlined
+    into without a DWARF trace (its source callers in the binary, through other such functions)."""
+    names: dict = {}
+    for sk in away:
+        names.setdefault(sk[0], []).append(sk)
+    callers: dict = {}
+    for c in src.calls:
+        if c.indirect or not c.callee or c.callee not in names:
+            continue
+        ck = norm_key(c.caller, root)
+        for sk in names[c.callee]:
+            callers.setdefault(sk, set()).add(ck)
+    out: dict = {}
+    for sk in away:
+        seen, todo, found = {sk}, list(callers.get(sk, ())), set()
+        while todo:
+            ck = todo.pop()
+            if ck in seen:
+                continue
+            seen.add(ck)
+            k = g.map_key(ck)
+            if k is not None:
+                found.add(k)
+            elif ck in away:
+                todo.extend(callers.get(ck, ()))
+        if found:
+            out[sk] = found
+    return out
+
+
+def _add_edge(g: HypGraph, a, b) -> None:
+    gr = g.graph
+    if gr.has_edge(a, b):
+        gr[a][b]["kinds"].add("inlined_folded")
+    else:
+        gr.add_edge(a, b, kinds={"inlined_folded"})
+    g._parents = None  # chains are recomputed with the new edge
 
 
 def _hyp_vcpu_callees(call_args, facts: HypFacts, root, B: _Bytes, params: dict) -> dict:
