@@ -147,3 +147,19 @@ def test_ledger_pkvm_tiny_61():
     # every binary-only site has an instruction and a line
     assert all(a.insn and a.address is not None for a in r.ledger.binary_only)
     assert sum(c.values()) > 0 and c["unanalysed"] == len(r.ledger.unanalysed)
+
+
+@pytest.mark.kernel
+@pytest.mark.slow
+def test_pkvm_hyp_vcpu_across_calls_612():
+    """Linux 6.12 runs a protected guest with ``__kvm_vcpu_run(&hyp_vcpu->vcpu)``: the query follows it."""
+    from build_cache import build
+
+    r = prove(build("6.12").out, query="pkvm-hyp-vcpu")
+    callees = {k[0]: v for k, v in r.ledger.hyp_vcpu_callees.items()}
+    assert callees.get("__kvm_vcpu_run") == "handle___kvm_vcpu_run", callees
+    inside = [l for l in r.leaks if l.kind == "field" and l.via and "&hyp_vcpu->vcpu from" in l.via]
+    assert inside, "no access judged inside a callee handed &hyp_vcpu->vcpu"
+    assert any(l.function == "__kvm_vcpu_run" for l in inside), [l.function for l in inside]
+    # judged as hyp's copy of the vcpu: the RFC's fields stay allowed
+    assert not any(l.field.startswith(("arch.ctxt", "arch.hcr_el2")) for l in inside)
