@@ -393,12 +393,15 @@ def reconcile(src: SourceFacts | None, b_acc: list[FieldAccess], b_esc: list[Esc
     for e in b_esc:
         k = norm_key(e.function, root)
         near = src_esc.get((e.from_root, e.to_root))
-        if near:
-            keys = set()
-            for o in outer_of.get(k, (k,)):
-                keys |= group.get(o, {o})
-            if keys & near:
-                continue
+        keys = set()
+        for o in outer_of.get(k, (k,)):
+            keys |= group.get(o, {o})
+        if near and keys & near:
+            continue
+        if e.via == "dwarf" and any(src_list[i][1] == e.to_root for kk in keys for i in src_rows.get(kk, ())):
+            # DWARF names a register the bigger struct's pointer, and the source of the same code
+            # holds such a pointer anyway (a parameter): register reuse, not a container_of
+            continue
         L.escalations.append(Escalation(e.from_root, e.to_root, k, norm_file(e.file, root), e.line, e.col,
                                         e.origin, e.via))
 
