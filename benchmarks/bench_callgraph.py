@@ -5,6 +5,8 @@ In one run, medians of N:
   * binary-only call graph + proof of Debian's 6.1 dbg vmlinux, cold (--no-cache)  target <= 3 s
   * full proof (source + binary) of the 6.1 pkvm-tiny build, cold (--no-cache)      target <= 20 s
   * the same, warm (caches filled)                                                  target <= 2 s
+  * the floor: libclang parsing the same hyp translation units (same arguments, same worker
+    processes) and doing nothing else; printed: proof-cold / floor (target <= 1.5x)
   * spatch (Debian package coccinelle) with a simple kvm_vcpu field query over the same
     hyp .c files: time, and how many distinct kvm_vcpu fields each tool finds.
 
@@ -59,6 +61,31 @@ def timed(cmd, env=None) -> tuple[float, str]:
     return wall, r.stdout
 
 
+FLOOR = """
+import concurrent.futures as cf, multiprocessing as mp, os, sys
+from pathlib import Path
+import clang.cindex as ci
+from scopecheck.proof import resolve_inputs, _is_hyp_source
+from scopecheck.source import compdb as cdb
+from scopecheck.source.compdb import clang_args
+
+inp = resolve_inputs(sys.argv[1])
+text = inp.compdb.read_text(errors="replace")
+kernel = "__KVM_NVHE_HYPERVISOR__" in text or "/kvm/hyp/nvhe/" in text
+keep = (lambda f, raw: "__KVM_NVHE_HYPERVISOR__" in raw or "/kvm/hyp/nvhe/" in f) if kernel else None
+cmds = [c for c in cdb.load(inp.compdb, source_root=inp.source_root, keep=keep)
+        if _is_hyp_source(c, kernel) and str(c.file).endswith(".c")]
+
+def parse(c):
+    ci.Index.create().parse(c.file, args=clang_args(c), options=0)
+    return 1
+
+with cf.ProcessPoolExecutor(max_workers=min(os.cpu_count() or 1, len(cmds)),
+                            mp_context=mp.get_context("fork")) as ex:
+    print(sum(ex.map(parse, cmds)), "translation units parsed")
+"""
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", type=int, default=5)
@@ -86,6 +113,7 @@ def main() -> int:
         "source+binary, 6.1 pkvm-tiny, cold": sc() + ["callgraph", "--no-cache", "--format", "json", str(build)],
         "source+binary, 6.1 pkvm-tiny, warm": sc() + ["callgraph", "--format", "json", str(build)],
     }
+    cases["floor: libclang parses the same hyp TUs, nothing else"] = [sys.executable, "-c", FLOOR, str(build)]
     timed(cases["source+binary, 6.1 pkvm-tiny, warm"])  # fill the caches
     spatch = shutil.which("spatch")
     src = (build / "source").resolve()
@@ -115,6 +143,9 @@ def main() -> int:
         verdict = "" if t is None else (f"<= {t:.0f} s " + ("met" if med <= t else "MISSED"))
         ratio = f"{med / peer:9.2f}" if peer else "        -"
         print(f"{name:52} {med:9.2f} {verdict:>8} {ratio}")
+    floor = statistics.median(rows["floor: libclang parses the same hyp TUs, nothing else"])
+    cold = statistics.median(rows["source+binary, 6.1 pkvm-tiny, cold"])
+    print(f"proof cold / floor: {cold / floor:.2f}x (target <= 1.5x: {'met' if cold / floor <= 1.5 else 'MISSED'})")
     print(f"distinct kvm_vcpu fields (top level / arch.X), scopecheck source+binary: {len(ours_fields)}; "
           f"all field paths: {sum(1 for f in ours['footprint'] if f['root'] == 'kvm_vcpu')}")
     if spatch:

@@ -135,7 +135,7 @@ _TARGET_HELP = ("A kernel build directory (O=) with vmlinux or arch/arm64/kvm/hy
                 "Default: the embedded mini-hyp fixture.")
 
 
-def _prove(target, source, query, binary_only, entry, baseline, cache, quiet):
+def _prove(target, source, query, binary_only, entry, baseline, cache, quiet, include_compiled_away=False):
     from scopecheck import targets as tg
     from scopecheck.proof import prove
 
@@ -154,7 +154,8 @@ def _prove(target, source, query, binary_only, entry, baseline, cache, quiet):
     ctx, step = _progress(quiet)
     with ctx, _cache.disabled(not cache):  # --no-cache reaches every layer, the binary door's layouts too
         return prove(target, source, query, binary_only=binary_only, entry_points=entry or None,
-                     baseline=base, use_cache=cache, progress=step)
+                     baseline=base, use_cache=cache, progress=step,
+                     include_compiled_away=include_compiled_away)
 
 
 @app.command()
@@ -177,6 +178,10 @@ def callgraph(
                                               help="Start call chains at this hyp function (repeatable). "
                                                    "Default: the query's entry points, else every assembly entry."),
     binary_only: bool = typer.Option(False, "--binary-only", help="Ignore the source even when it is there."),
+    include_compiled_away: bool = typer.Option(
+        False, "--include-compiled-away",
+        help="Also judge source accesses in code the compiler removed (listed as 'not in this build' in "
+             "the evidence otherwise)."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", metavar="FILE",
                                           help="Write the output to FILE (atomically) instead of stdout."),
     cache: bool = typer.Option(True, "--cache/--no-cache", help="Use the layout and source caches."),
@@ -185,7 +190,7 @@ def callgraph(
     """Call graph of nVHE hyp code, field accesses per function, and leaks against a query."""
     from scopecheck.output import proof as out
 
-    r = _prove(target, source, query, binary_only, entry, baseline, cache, quiet)
+    r = _prove(target, source, query, binary_only, entry, baseline, cache, quiet, include_compiled_away)
     render = {ProofFormat.text: out.text, ProofFormat.json: out.to_json, ProofFormat.sarif: out.to_sarif,
               ProofFormat.dot: out.to_dot, ProofFormat.graphml: out.to_graphml}[fmt]
     _emit(render(r), output)

@@ -119,6 +119,8 @@ class HypFacts:
     edges: list[CallEdge]
     cus: list[str] = field(default_factory=list)
     timings: dict = field(default_factory=dict)
+    # subprograms with code whose ranges could not be read (a form not understood): never silent
+    unanalysed: list = field(default_factory=list)
 
     def named(self, name: str) -> list[HypFunction]:
         return [f for f in self.functions if f.name == name]

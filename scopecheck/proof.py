@@ -23,7 +23,7 @@ from scopecheck.graph import HypGraph, build_graph, norm_file, norm_key
 from scopecheck.model_code import Escalation, FieldAccess, FuncKey
 from scopecheck.query import Query, canonical, load_query
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: top-level "evidence" (the reconciliation ledger), binary accesses with address/insn
 #: 2: the access kind is part of Leak.fingerprint (1 had query, function, field and kind only)
 FINGERPRINT_VERSION = 2
 ROOTS = ("kvm_vcpu", "kvm_vcpu_arch", "kvm_cpu_context", "vcpu_hyp_state", "pkvm_hyp_vcpu")
@@ -97,6 +97,7 @@ class ProofResult:
     unresolved: list[dict]
     stats: dict = field(default_factory=dict)
     diagnostics: list[str] = field(default_factory=list)
+    ledger: object = None  # scopecheck.reconcile.Ledger: every access site's evidence class
 
     @property
     def gating_leaks(self) -> list[Leak]:
@@ -171,7 +172,7 @@ def _make_compdb(src: Path, out: Path) -> Path | None:
 
 def prove(target, source=None, query: str | Query = "rfc-hyp-scope", *, binary_only: bool = False,
           entry_points: list[str] | None = None, baseline: set[str] | None = None,
-          use_cache: bool = True, progress=None) -> ProofResult:
+          use_cache: bool = True, progress=None, include_compiled_away: bool = False) -> ProofResult:
     q = query if isinstance(query, Query) else load_query(query)
     inp = resolve_inputs(target, source, binary_only)
     step = progress or (lambda msg: None)
@@ -194,6 +195,7 @@ def prove(target, source=None, query: str | Query = "rfc-hyp-scope", *, binary_o
     layouts = {k: v for k, v in load_layouts(inp.elf, ROOTS, use_cache=use_cache).items() if v}
     if "kvm_vcpu" not in layouts:
         raise InputError(f"{inp.elf}: struct kvm_vcpu not found in DWARF")
+    _refuse_unjudgeable(q, layouts, inp)
 
     src_facts = None
     diagnostics: list[str] = []
@@ -208,22 +210,6 @@ def prove(target, source=None, query: str | Query = "rfc-hyp-scope", *, binary_o
     step("building the call graph")
     g = build_graph(facts, src_facts, root_str, entry_points or q.entry_points or None)
 
-    accesses: list[FieldAccess] = []
-    escalations: list[Escalation] = []
-    dropped_not_in_binary = 0
-    if src_facts is not None:
-        for a in src_facts.accesses:
-            k = g.map_key(norm_key(a.function, root_str))
-            if k is None:
-                dropped_not_in_binary += 1
-                continue
-            accesses.append(_with(a, function=k, file=norm_file(a.file, root_str)))
-        for e in src_facts.escalations:
-            k = g.map_key(norm_key(e.function, root_str))
-            if k is not None:
-                escalations.append(Escalation(e.from_root, e.to_root, k, norm_file(e.file, root_str), e.line,
-                                              e.col, e.origin, e.via))
-    # the binary: everything in binary-only mode; with source, only functions the source did not cover
     if b_acc is None:
         step("reading loads and stores of vcpu fields from the machine code")
         from scopecheck.binary.accesses import binary_accesses
@@ -231,29 +217,31 @@ def prove(target, source=None, query: str | Query = "rfc-hyp-scope", *, binary_o
         b_acc, b_esc, b_stats = binary_accesses(inp.elf, facts, use_cache=use_cache)
         if use_cache:
             _binary_cache_save(inp.elf, (facts, b_acc, b_esc, b_stats))
-    covered = {a.function for a in accesses} | ({g.map_key(norm_key(f.key, root_str)) for f in src_facts.functions}
-                                                 if src_facts is not None else set())
-    for a in b_acc:
-        k = norm_key(a.function, root_str)
-        if src_facts is None or k not in covered:
-            accesses.append(_with(a, function=k, file=norm_file(a.file, root_str)))
-    for e in b_esc:
-        k = norm_key(e.function, root_str)
-        if src_facts is None or k not in covered:
-            escalations.append(Escalation(e.from_root, e.to_root, k, norm_file(e.file, root_str), e.line, e.col,
-                                          e.origin, e.via))
+    params = None
+    if q.only_param_type or "pkvm_hyp_vcpu" in (q.roots or ()):
+        from scopecheck.binary.params import param_types
 
-    # canonical roots, offsets and sizes
-    canon: list[tuple[FieldAccess, str]] = []  # (access with canonical root/path, original root)
-    for a in accesses:
-        root, path = canonical(a.root, a.path)
-        off, size = _offset_size(layouts, root, path, a)
-        canon.append((_with(a, root=root, path=path, offset=off, size=size), a.root))
+        params = {norm_key(k, root_str): v for k, v in param_types(inp.elf, facts).items()}
+    # reconcile: every machine access explained by the source or reported itself, nothing dropped
+    step("reconciling source and machine code")
+    from scopecheck.reconcile import reconcile
 
-    judged_funcs = _applicable_functions(q, src_facts, g, root_str)
+    bs = b_stats if isinstance(b_stats, dict) else {}
+    ledger = reconcile(src_facts, b_acc, b_esc, facts, g, root_str, layouts,
+                       b_unanalysed=bs.get("unanalysed", ()), call_args=bs.get("call_args", ()),
+                       params=params, include_compiled_away=include_compiled_away)
+    canon = [(j.access, j.roots) for j in ledger.judged]
+    escalations = ledger.escalations
+    accesses = canon
+    dropped_not_in_binary = ledger.counts["compiled_away"]
+
+    judged_funcs = _applicable_functions(q, src_facts, g, root_str, params)
+    if judged_funcs is not None and not judged_funcs and params is not None and not any(params.values()):
+        raise InputError(f"{inp.elf}: query {q.id} judges functions by their parameter types, and neither "
+                         "the source nor the DWARF gives any")
     leaks: list[Leak] = []
-    for a, orig_root in canon:
-        if not a.path or not q.judges_root(orig_root):
+    for a, orig_roots in canon:
+        if not a.path or not any(q.judges_root(r) for r in orig_roots):
             continue
         if judged_funcs is not None and a.function not in judged_funcs:
             continue
@@ -284,9 +272,9 @@ def prove(target, source=None, query: str | Query = "rfc-hyp-scope", *, binary_o
              "fields_touched": len(footprint), "leaks": len(leaks),
              # without timings, so that the same inputs give byte-identical output
              "binary": {k: v for k, v in (b_stats if isinstance(b_stats, dict) else {}).items()
-                        if k != "timings"}}
+                        if k not in ("timings", "unanalysed", "call_args")}}
     return ProofResult(q, inp, mode, limits, g, [a for a, _ in canon], leaks, footprint, g.unresolved,
-                       stats, diagnostics)
+                       stats, diagnostics, ledger)
 
 
 def _binary_cache_path(elf_path: Path) -> Path | None:
@@ -420,21 +408,36 @@ def _offset_size(layouts, root, path, a) -> tuple[int | None, int | None]:
     return a.offset, a.size
 
 
-def _applicable_functions(q: Query, src, g: HypGraph, root) -> set | None:
+def _applicable_functions(q: Query, src, g: HypGraph, root, params: dict | None = None) -> set | None:
+    """Keys of the functions the query's [applies_to] selects, by source or DWARF parameter types."""
     if not q.only_param_type:
         return None
     out = set()
-    if src is None:
-        return out  # binary-only: parameter types of every function are not known; judge none
-    vcpuish = set(q.vcpu_param_types)
-    for f in src.functions:
-        types = [t for _, t in f.params]
-        vt = [t for t in types if _norm_type(t) in {_norm_type(x) for x in vcpuish}]
-        if vt and all(_norm_type(t) == _norm_type(q.only_param_type) for t in vt):
-            k = g.map_key(norm_key(f.key, root))
-            if k is not None:
-                out.add(k)
+    vcpuish = {_norm_type(x) for x in q.vcpu_param_types}
+    want = _norm_type(q.only_param_type)
+
+    def applies(types) -> bool:
+        vt = [_norm_type(t) for t in types if _norm_type(t) in vcpuish]
+        return bool(vt) and all(t == want for t in vt)
+
+    if src is not None:
+        for f in src.functions:
+            if applies([t for _, t in f.params]):
+                k = g.map_key(norm_key(f.key, root))
+                if k is not None:
+                    out.add(k)
+    for k, ps in (params or {}).items():  # the binary's DWARF: every mode, also code the source lacks
+        if applies([t for _, t in ps]):
+            out.add(k)
     return out
+
+
+def _refuse_unjudgeable(q: Query, layouts: dict, inp: Inputs) -> None:
+    """A query restricted to roots this kernel does not have cannot be judged: say so (exit 2)."""
+    if q.roots and not any(r in layouts for r in q.roots):
+        raise InputError(f"{inp.elf}: query {q.id} judges only accesses through "
+                         f"{', '.join('struct ' + r for r in q.roots)}, which this kernel's DWARF does not "
+                         "have; it cannot be judged here")
 
 
 def _norm_type(t: str) -> str:

@@ -333,6 +333,7 @@ def headline(data: ReportData) -> dict:
         "functions": r.stats.get("functions"),
         "edges": r.stats.get("edges"),
         "unresolved_calls": len(r.unresolved),
+        "evidence": dict(r.ledger.counts) if getattr(r, "ledger", None) is not None else None,
         "boot_passed": data.boot.get("passed") if data.boot else None,
     }
     h["answer"] = answer(h)

@@ -32,6 +32,9 @@ Each mutation touches a field that the pristine 6.1 build does not leak in that 
   loads through a C offset macro over a new asm-offsets constant, used in ``__guest_enter``:
   read of ``arch.debug_ptr`` at the line of use, origin asm (seen only after the preprocessor
   and the macro expansion).
+* ``binary-only``: in ``__kvm_vcpu_run`` the vcpu pointer is copied by an inline-asm ``mov`` the
+  source walk cannot see into, and ``arch.svcr`` is read through the copy: only the machine
+  code shows the read (origin binary, a binary-only site in the evidence ledger).
 * ``allowed`` (negative): ``vcpu->arch.hcr_el2`` and ``vcpu->arch.ctxt.regs.pc`` in
   ``__kvm_vcpu_run``: nothing reported.
 
@@ -107,7 +110,15 @@ EDITS: tuple[Edit, ...] = (
          "\tif (scopecheck_vcpu_paused(vcpu))\n"
          "\t\treturn ARM_EXCEPTION_IL;\n"
          "\tif (!vcpu->arch.hcr_el2 && !vcpu->arch.ctxt.regs.pc) " + _m("allowed") + "\n"
-         "\t\treturn ARM_EXCEPTION_IL;\n"),
+         "\t\treturn ARM_EXCEPTION_IL;\n"
+         "\t{\n"
+         "\t\tunsigned long scopecheck_p;\n"
+         "\n"
+         "\t\tasm volatile(\"mov %0, %1\" : \"=r\"(scopecheck_p) : \"r\"(vcpu));\n"
+         "\t\tif (*(volatile u64 *)(scopecheck_p + offsetof(struct kvm_vcpu, arch.svcr))) "
+         + _m("binary-only") + "\n"
+         "\t\t\treturn ARM_EXCEPTION_IL;\n"
+         "\t}\n"),
     # ---- hyp/switch.h: a new macro and a new static inline
     Edit(SWITCH_H, None, r"^/\* Check whether the FP regs are owned by the guest \*/$",
          "/* scopecheck mutation tests: a macro and a header inline reaching outside the scope */\n"
@@ -174,6 +185,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation("pointer-arith", SWITCH_C, "__kvm_vcpu_run", "mode", "read"),
     Mutation("memcpy", SWITCH_C, "__kvm_vcpu_run", "requests", "read"),
     Mutation("asm-macro", ENTRY_S, "__guest_enter", "arch.debug_ptr", "read", origin="asm"),
+    Mutation("binary-only", SWITCH_C, "__kvm_vcpu_run", "arch.svcr", "read", origin="binary"),
     Mutation("allowed", SWITCH_C, "__kvm_vcpu_run", "arch.hcr_el2", "read", negative=True),
 )
 

@@ -93,7 +93,8 @@ def test_footprint_and_json_schema():
     r = run_cli("callgraph", "--format", "json", str(target))
     assert r.returncode == 0, r.stderr
     d = json.loads(r.stdout)
-    assert d["schema_version"] == 1 and d["mode"] == "source+binary"
+    assert d["schema_version"] == 2 and d["mode"] == "source+binary"
+    assert set(d["evidence"]["counts"]) == {"explained", "binary_only", "source_only", "compiled_away", "unanalysed"}
     for l in d["leaks"]:
         assert {"field", "access", "function", "file", "line", "chain"} <= set(l)
     fp = {f["field"]: f for f in d["footprint"]}

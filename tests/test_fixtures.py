@@ -381,6 +381,9 @@ ACCESS_RE = re.compile(
 ESC_RE = re.compile(
     r"^expect(?:@(?P<layout>before|after))?: escalation (?P<scope>[\w-]+) (?P<src>\w+)->(?P<dst>\w+)$")
 FN_RE = re.compile(r"^expect-fn:((?: [\w=-]+)+)$")
+# the reconciliation ledger's class of an access (scopecheck/reconcile.py)
+EVIDENCE_RE = re.compile(r"^expect-evidence: (?P<evidence>explained|binary-only|source-only|compiled-away|unanalysed)"
+                         r" (?P<root>\w+):(?P<path>[\w.\[\]*]+) (?P<access>read|write|rw|addr)$")
 FN_PROPS = {"inlined", "noinline", "unused", "static-dup", "indirect", "called-from-asm", "asm"}
 
 
@@ -393,7 +396,8 @@ def parse_markers(path: Path) -> list[dict]:
             if not comment.startswith("expect"):
                 continue
             for clause in (c.strip() for c in comment.split(";")):
-                m = ACCESS_RE.match(clause) or ESC_RE.match(clause) or FN_RE.match(clause)
+                m = ACCESS_RE.match(clause) or ESC_RE.match(clause) or FN_RE.match(clause) or \
+                    EVIDENCE_RE.match(clause)
                 assert m, f"{path.name}:{lineno}: bad marker clause {clause!r}"
                 rec = {"file": path.name, "line": lineno, "text": line, **m.groupdict()}
                 if clause.startswith("expect-fn:"):
@@ -406,6 +410,8 @@ def parse_markers(path: Path) -> list[dict]:
                     fm = re.match(r"^\s*(\w+):", line) or re.search(r"(\w+)\s*\([^()]*\)\s*(?:/\*|$)", line)
                     assert fm, f"{path.name}:{lineno}: no function name on expect-fn line"
                     rec["function"] = fm.group(1)
+                elif clause.startswith("expect-evidence:"):
+                    rec["kind"] = "evidence"
                 elif "escalation" in clause.split()[1:2]:
                     rec["kind"] = "escalation"
                 else:
@@ -425,7 +431,9 @@ def test_markers_parse_and_cover_all_cases():
     verdicts = {m["verdict"] for m in ms if m["kind"] == "access"}
     assert verdicts == {"ok", "leak", "dead"}
     assert sum(m["kind"] == "escalation" for m in ms) >= 1
-    assert {m["scope"] for m in ms if m["kind"] != "fn"} == {"rfc-hyp-scope"}
+    scopes = {m["scope"] for m in ms if m["kind"] in ("access", "escalation")}
+    assert "rfc-hyp-scope" in scopes and scopes <= {p.stem for p in (REPO / "queries").glob("*.toml")}, scopes
+    assert {m["evidence"] for m in ms if m["kind"] == "evidence"} >= {"binary-only", "compiled-away"}
     files_with_leaks = {m["file"] for m in ms if m.get("verdict") == "leak"}
     assert {"switch.c", "hyp-main.c", "sysreg-sr.c", "pkvm.c", "entry.S"} <= files_with_leaks
     assert any(m["kind"] == "access" and m["file"] == "inline.h" and m["verdict"] == "ok" for m in ms)

@@ -3,7 +3,8 @@
 tests/mutations.py makes one ``-p1`` patch at test time from the pristine extracted tree
 (direct access, macro-expanded access, container_of escalation, header inline, a handler
 reached only through ``host_hcall[]``, assembly through a new asm-offsets constant, a
-write through an alias pointer, and an access to an allowed field). The patched pkvm-tiny
+write through an alias pointer, a read only the machine code shows, and an access to an
+allowed field). The patched pkvm-tiny
 kernel is built once (3-5 minutes on 2 cores, then cached by patch content) and proved
 with the rfc-hyp-scope query; the pristine build is proved too, so every expected leak is
 shown to be new.
@@ -118,6 +119,19 @@ def test_table_only_handler_is_reached_from_the_host_hcall_dispatcher(patched, m
     assert chain[-1] == m.function and len(chain) > 1, chain
     assert {"handle_host_hcall", "handle_trap"} & set(chain[:-1]), chain
     assert m.function not in {k[0] for k in mutant_proof.graph.entries}
+
+
+def test_binary_only_mutation_is_a_binary_only_site(patched, mutant_proof, pristine_proof):
+    """The read through the asm-copied pointer is only in the machine code: the ledger says binary-only,
+    with the instruction, and the source never saw it."""
+    m = _muts(patched)["binary-only"]
+    sites = [a for a in mutant_proof.ledger.binary_only
+             if _same_file(a.file, m.file) and a.line == m.line and _field_matches(a.path, m.field)]
+    assert sites, [(a.file, a.line, a.path) for a in mutant_proof.ledger.binary_only if _same_file(a.file, m.file)]
+    assert all(a.insn and a.address is not None and a.origin == "binary" for a in sites)
+    assert not any(_same_file(a.file, m.file) and a.line == m.line for a in mutant_proof.ledger.source_only)
+    c = mutant_proof.ledger.counts
+    assert c["binary_only"] >= pristine_proof.ledger.counts["binary_only"] + 1
 
 
 def test_allowed_field_not_reported(patched, mutant_proof):

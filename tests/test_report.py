@@ -274,8 +274,12 @@ def mini_report(tmp_path_factory):
 def test_mini_report_matches_size_and_callgraph(mini_report):
     d, size_json, cg_json = mini_report
     h = check_report(d / "report", size_json, cg_json, history_runs=2, boot=True)
-    assert h["leaks"] == 19 and h["escalations"] == 1
+    assert h["leaks"] == 21 and h["escalations"] == 1
     assert h["label"] == "before-dwarf5"
+    # the evidence ledger: the same counts as callgraph's JSON, and a section in the page
+    assert h["evidence"] == cg_json["evidence"]["counts"]
+    page = (d / "report" / "index.html").read_text()
+    assert 'id="evidence"' in page and 'id="binary-only-table"' in page and "Not in this build" in page
 
 
 def test_mini_trend_has_both_runs(mini_report):

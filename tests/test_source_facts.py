@@ -78,7 +78,9 @@ def test_every_access_marker_is_found(variant):
     f, asm, enums, _ = facts(variant)
     assert not f.diagnostics
     have = {(Path(a.file).name, a.line, a.root, a.path, a.access) for a in f.accesses + asm}
-    ms = [m for m in for_variant(markers(), variant) if m["kind"] == "access" and m["root"]]
+    # an access marked binary-only is the machine code's alone (the source walk cannot see it)
+    ms = [m for m in for_variant(markers(), variant) if m["kind"] == "access" and m["root"]
+          and "expect-evidence: binary-only" not in m["text"]]
     missing = [m["text"].strip() + f"  [{m['root']}:{m['path']} {m['access']}]" for m in ms
                if (m["file"], m["line"], m["root"], want_path(m["path"], enums), m["access"]) not in have]
     assert not missing, f"{len(ms) - len(missing)}/{len(ms)} markers found; missing:\n" + "\n".join(missing)

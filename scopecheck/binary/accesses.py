@@ -93,9 +93,9 @@ from scopecheck.binary.functions import (
     read_aranges,
     section_headers,
 )
-from scopecheck.binary.locations import Locations, mem_slot, reg_value
+from scopecheck.binary.locations import Locations, mem_slot, parses, reg_value
 from scopecheck.layout import DEFAULT_STRUCTS, fields_at, load_layouts
-from scopecheck.model_code import Escalation, FieldAccess, HypFacts
+from scopecheck.model_code import Escalation, FieldAccess, HypFacts, Unanalysed
 
 ROOTS = DEFAULT_STRUCTS  # kvm_vcpu, kvm_vcpu_arch, kvm_cpu_context, vcpu_hyp_state, pkvm_hyp_vcpu
 
@@ -260,6 +260,7 @@ class _Seeds:
         self._type_cache: dict[int, str | None] = {}
         self._origin_type: dict[int, str | None] = {}
         self.walker = None  # _DwarfWalker, for ranges
+        self.not_understood: list[tuple[str, str]] = []  # (variable, why): location forms we cannot read
 
     def pointee_root(self, die) -> str | None:
         """Root name when ``die``'s type is a pointer to a root struct."""
@@ -340,13 +341,20 @@ class _Seeds:
                 root = self.pointee_root(ch)
                 if root is None:
                     continue
-                for lo, hi, expr in self.loc.entries(ch, loc):
+                n_err = self.loc.errors
+                ents = self.loc.entries(ch, loc)
+                if self.loc.errors > n_err:
+                    self.not_understood.append((self.name(ch), f"location form {loc.form} of a {root} pointer"))
+                for lo, hi, expr in ents:
                     rv = reg_value(expr, ch.cu.structs)
                     kind = "reg"
                     if rv is None:
                         rv = mem_slot(expr, ch.cu.structs)
                         kind = "mem"
                         if rv is None:
+                            if not parses(expr, ch.cu.structs):
+                                self.not_understood.append((self.name(ch), f"location expression of a {root} "
+                                                            f"pointer not parsed ({expr[:8].hex()})"))
                             continue
                     reg, d = rv
                     spans = scope_ranges if lo is None else [(lo, hi)]
@@ -411,7 +419,8 @@ def _run(elf: ElfImage, facts, roots, progress, use_cache: bool = True):
     timings["layouts"] = time.perf_counter() - t
     stats: dict = {"roots": sorted(R.lay), "functions": 0, "instructions": 0, "access_sites": 0,
                    "accesses": 0, "escalations": 0, "prfm": 0, "seeds": 0, "unresolved": [],
-                   "variable_index": [], "unanalysed_functions": [], "undecodable": 0, "timings": timings}
+                   "variable_index": [], "unanalysed_functions": [], "undecodable": 0, "timings": timings,
+                   "dataflow_bound": [], "call_args": [], "unanalysed": []}
     if not R.lay:
         stats["unanalysed_functions"] = [(f.name, "no root struct in DWARF") for f in facts.functions]
         return [], [], stats
@@ -451,22 +460,31 @@ def _run(elf: ElfImage, facts, roots, progress, use_cache: bool = True):
     md = disasm._disassembler()
     t = time.perf_counter()
     code: dict = {}
+    undecodable: list = []
     for fn in facts.functions:
         insns = []
+        n_bad = stats["undecodable"]
         for lo, hi in fn.ranges:
             b = read(lo, hi)
             if b:
                 insns.extend(_decode(md, b, lo, stats))
+        if stats["undecodable"] > n_bad:
+            undecodable.append(Unanalysed("undecodable", fn.key, fn.decl_file, fn.decl_line, None,
+                                          f"{stats['undecodable'] - n_bad} instruction(s) not decoded", "binary"))
         insns.sort(key=lambda x: x[0])
         code[fn.key, fn.address] = insns
     clob = _Clobbers(facts, code)
     timings["decode"] = time.perf_counter() - t
     acc_out: dict = {}
     esc_out: dict = {}
+    una: list = stats["unanalysed"]
+    una.extend(undecodable)
     t_seed = t_flow = 0.0
     for fn in facts.functions:
         if not fn.ranges:
             stats["unanalysed_functions"].append((fn.name, "no code ranges"))
+            una.append(Unanalysed("no-ranges", fn.key, fn.decl_file, fn.decl_line, None,
+                                  "no code ranges: its loads and stores were not read", "binary"))
             continue
         stats["functions"] += 1
         # seeds
@@ -481,33 +499,62 @@ def _run(elf: ElfImage, facts, roots, progress, use_cache: bool = True):
                     fseeds = seeds.collect(die, list(fn.ranges))
             except Exception as e:  # pragma: no cover - damaged DWARF
                 stats["unanalysed_functions"].append((fn.name, f"DWARF: {e}"))
-        elif fn.address is not None:
-            cu = None
+                una.append(Unanalysed("dwarf-form", fn.key, fn.decl_file, fn.decl_line, None,
+                                      f"variables not read: {e}", "binary"))
+        for var, why in seeds.not_understood:
+            una.append(Unanalysed("dwarf-form", fn.key, fn.decl_file, fn.decl_line, None, f"{var}: {why}",
+                                  "binary"))
+        seeds.not_understood.clear()
         stats["seeds"] += len(fseeds)
         t_seed += time.perf_counter() - ts
         tf = time.perf_counter()
         insns = code[fn.key, fn.address]
         if not insns:
             stats["unanalysed_functions"].append((fn.name, "no code bytes"))
+            una.append(Unanalysed("no-ranges", fn.key, fn.decl_file, fn.decl_line, None,
+                                  "no code bytes at its ranges", "binary"))
             t_flow += time.perf_counter() - tf
             continue
         stats["instructions"] += len(insns)
-        sites, escs = _analyse(fn, insns, fseeds, R, stats, clob)
+        n_unres, n_vi, n_bound = len(stats["unresolved"]), len(stats["variable_index"]), len(stats["dataflow_bound"])
+        sites, escs, cargs = _analyse(fn, insns, fseeds, R, stats, clob)
         t_flow += time.perf_counter() - tf
-        if not sites and not escs:
+        new_una = stats["unresolved"][n_unres:] + stats["variable_index"][n_vi:]
+        if not sites and not escs and not cargs and not new_una and len(stats["dataflow_bound"]) == n_bound:
             continue
         if cu is None:
             cu = _cu_for_pc(walker, cus, insns[0][0], elf)
         insts = inl_by_caller.get(fn.key, ())
+        if len(stats["dataflow_bound"]) > n_bound:
+            una.append(Unanalysed("dataflow-bound", fn.key, fn.decl_file, fn.decl_line, None,
+                                  "register dataflow stopped at its iteration bound before a fixpoint", "binary"))
+        for pc, base, root, off, w in new_una:
+            pc = int(pc, 16)
+            fkey, _via = _attribute(fn, insts, pc, base)
+            file, line = lines.lookup(cu, pc) if cu is not None else (None, None)
+            una.append(Unanalysed("unmapped-offset", fkey, file, line, None,
+                                  f"{hex(pc)}: {w} B at {root}+{off:#x} through {base} not mapped to a field",
+                                  "binary"))
+        text_at = None
         for pc, reg, root, off, size, kind, paths in sites:
             stats["access_sites"] += 1
             fkey, via = _attribute(fn, insts, pc, reg)
             file, line = lines.lookup(cu, pc) if cu is not None else (None, None)
+            if text_at is None:
+                text_at = {a: (mn, ops) for a, mn, ops in insns}
+            mn, ops = text_at.get(pc, ("?", ""))
+            insn = f"{mn} {ops}".strip()
             for p in paths:
-                k = (root, p, kind, fkey, file, line, off, size, via)
+                k = (root, p, kind, fkey, file, line, off, size, via, pc)
                 if k not in acc_out:
                     acc_out[k] = FieldAccess(root=root, path=p, access=kind, function=fkey, file=file, line=line,
-                                             origin="binary", offset=off, size=size, via=via)
+                                             origin="binary", offset=off, size=size, via=via, address=pc,
+                                             insn=insn)
+        for pc, target, reg, vals in cargs:
+            if target is None or any(lo <= target < hi for lo, hi in fn.ranges):
+                continue  # a branch inside the function, not a (tail) call
+            fkey, _via = _attribute(fn, insts, pc, "")
+            stats["call_args"].append((fn.key, fkey, pc, target, reg, vals))
         for pc, frm, to, how in escs:
             fkey, _via = _attribute(fn, insts, pc, "")
             file, line = lines.lookup(cu, pc) if cu is not None else (None, None)
@@ -737,7 +784,8 @@ def _analyse(fn, insns, fseeds, R: _Roots, stats, clob=None):
     work = list(range(len(blocks)))
     inwork = set(work)
     guard = 0
-    while work and guard < 50 * len(blocks) + 100:
+    bound = 50 * len(blocks) + 100
+    while work and guard < bound:
         guard += 1
         bi = work.pop(0)
         inwork.discard(bi)
@@ -751,11 +799,13 @@ def _analyse(fn, insns, fseeds, R: _Roots, stats, clob=None):
                 if sb not in inwork:
                     work.append(sb)
                     inwork.add(sb)
+    if work:
+        stats["dataflow_bound"].append(fn.name)
     ctx.record = True
     for bi, (s, e) in enumerate(blocks):
         st = in_state[bi] if in_state[bi] is not None else {}
         ctx.run(st, s, e, record=True)
-    return ctx.sites, ctx.escs
+    return ctx.sites, ctx.escs, ctx.call_args
 
 
 def _meet(states, R):
@@ -797,6 +847,7 @@ class _Ctx:
         self.insns = insns
         self.sites: list = []
         self.escs: list = []
+        self.call_args: list = []  # (pc, target address, argument register, ((root, offset), ...))
         self.record = False
         self.mem_at: dict = {}
         self.clob = None
@@ -844,6 +895,8 @@ class _Ctx:
         c0 = mn[0]
         # branches and calls
         if c0 == "b" and (mn in _CALLS or mn == "b" or mn.startswith("b.") or mn in _END):
+            if self.record and (mn == "bl" or mn == "b"):
+                self._args(st, a, _branch_target("b", ops))
             if mn in _CALLS:
                 regs = _CALL_CLOBBER
                 if mn == "bl" and self.clob is not None:
@@ -915,6 +968,13 @@ class _Ctx:
         rd = _REGNUM.get(d)
         if rd is not None:
             st.pop(rd, None)
+
+    def _args(self, st, a, target):
+        """Root pointers in the argument registers x0-x7 at a call or tail call."""
+        for r in range(8):
+            v = st.get(r)
+            if v is not None and v[0][0] != "?":
+                self.call_args.append((a, target, r, tuple((vr, vo) for vr, vo, _t in v)))
 
     def _memory(self, st, a, mn, ops, record, R):
         pm = _parse_mem(ops)

@@ -34,7 +34,7 @@ from scopecheck.binary import disasm
 from scopecheck.binary.dwarf import children, line_program, open_dwarf, reading_dwarf
 from scopecheck.binary.elf import SHT_NOBITS, ElfImage
 from scopecheck.errors import InputError
-from scopecheck.model_code import CallEdge, HypFacts, HypFunction, InlinedInstance
+from scopecheck.model_code import CallEdge, HypFacts, HypFunction, InlinedInstance, Unanalysed
 
 PREFIX = "__kvm_nvhe_"
 SHF_EXECINSTR = 0x4
@@ -234,6 +234,7 @@ class _DwarfWalker:
         self._rl = None
         self.functions: list[HypFunction] = []
         self.inlined: list[InlinedInstance] = []
+        self.unanalysed: list[Unanalysed] = []
         self.edges: list[CallEdge] = []
         self.variables: dict[str, object] = {}  # top-level variable name -> DIE
         self.asm_cus: list[tuple[str, object]] = []  # (name, cu) of as(1) units
@@ -410,6 +411,10 @@ class _DwarfWalker:
             return
         rs = self.ranges(die)
         if not rs:
+            form = a["DW_AT_ranges"].form if "DW_AT_ranges" in a else a["DW_AT_low_pc"].form
+            name, dfile, dline, _ext, _ = self.info(die)
+            self.unanalysed.append(Unanalysed("no-ranges", (name, dfile, dline), dfile, dline, None,
+                                              f"code ranges not read ({form})", "binary"))
             return
         name, dfile, dline, ext, _ = self.info(die)
         lo = rs[0][0]
@@ -687,7 +692,7 @@ def _facts(elf: ElfImage) -> HypFacts:
     timings["disasm"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t0
     return HypFacts(path=str(elf.path), functions=functions, inlined=walker.inlined, edges=edges,
-                    cus=walker.cu_names, timings=timings)
+                    cus=walker.cu_names, timings=timings, unanalysed=walker.unanalysed)
 
 
 def _disasm_edges(elf, shdrs, syms, functions, edges, text_ranges, walker) -> None:

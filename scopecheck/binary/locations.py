@@ -33,6 +33,11 @@ def _parse(expr, structs):
         return None
 
 
+def parses(expr: bytes | list, structs) -> bool:
+    """True when the expression is well-formed DWARF (whatever its shape)."""
+    return _parse(expr, structs) is not None
+
+
 def reg_value(expr: bytes | list, structs) -> tuple[int, int] | None:
     """(register number 0..30, byte delta d) with ``pointer == x<reg> + d``, or None."""
     ops = _parse(expr, structs)
@@ -95,6 +100,7 @@ class Locations:
     def __init__(self, dwarf):
         self.dwarf = dwarf
         self._parser = None
+        self.errors = 0  # location lists that could not be parsed (a form or encoding not understood)
 
     def _p(self):
         if self._parser is None:
@@ -112,6 +118,7 @@ class Locations:
                 return []
             ll = self._p().parse_from_attribute(attr, ver, die)
         except Exception:
+            self.errors += 1
             return []
         if not isinstance(ll, list):
             return [(None, None, bytes(ll.loc_expr))] if hasattr(ll, "loc_expr") else []

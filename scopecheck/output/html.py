@@ -60,6 +60,58 @@ def _kpi(value, label: str, ident: str) -> str:
     return f'<div class="kpi" id="kpi-{ident}"><b>{escape(str(value))}</b><span>{escape(label)}</span></div>'
 
 
+def _evidence(r) -> list[str]:
+    """The reconciliation ledger: what each door saw, and what nobody could (scopecheck.reconcile)."""
+    L = getattr(r, "ledger", None)
+    if L is None:
+        return []
+    c = L.counts
+    p = ['<h2 id="evidence">Evidence</h2>', f"<p>{escape(L.summary())}.</p>",
+         '<table id="evidence-counts"><tr><th>class</th><th>access sites</th><th>meaning</th></tr>']
+    meaning = {"explained": "source access confirmed by a load/store in the machine code",
+               "binary_only": "load/store in the machine code no source access explains (judged)",
+               "source_only": "source access in code that is in the binary, no machine access matched (judged)",
+               "compiled_away": "source access in code not in this build"
+               + (" (judged: --include-compiled-away)" if L.include_compiled_away else " (not judged)"),
+               "unanalysed": "seen but not mapped: unresolved calls, unread DWARF, unmapped offsets, ..."}
+    for k in ("explained", "binary_only", "source_only", "compiled_away", "unanalysed"):
+        p.append(f'<tr><td>{k.replace("_", "-")}</td><td class="n">{c[k]:,}</td><td>{escape(meaning[k])}</td></tr>')
+    p.append("</table>")
+    if L.binary_only:
+        p.append('<h3>Binary-only accesses</h3><table id="binary-only-table"><tr><th>function</th><th>location</th>'
+                 "<th>field</th><th>access</th><th>instruction</th></tr>")
+        for a in L.binary_only[:500]:
+            loc = (a.file or "?") + (f":{a.line}" if a.line else "")
+            p.append(f"<tr><td><code>{escape(a.function[0])}</code></td><td><code>{escape(loc)}</code></td>"
+                     f"<td><code>{escape(a.root)}: {escape(a.path)}</code></td><td>{escape(a.access)}</td>"
+                     f"<td><code>{escape(hex(a.address) if a.address is not None else '')} "
+                     f"{escape(a.insn or '')}</code></td></tr>")
+        p.append("</table>")
+    if L.compiled_away:
+        p.append('<h3>Not in this build</h3><table id="compiled-away-table"><tr><th>function</th><th>location</th>'
+                 "<th>accesses</th></tr>")
+        for d in L.compiled_away[:500]:
+            loc = (d["file"] or "?") + (f":{d['line']}" if d["line"] else "")
+            fields = ", ".join(sorted({f"{a.root}:{a.path}" for a in d["accesses"]}))
+            p.append(f"<tr><td><code>{escape(d['function'])}</code></td><td><code>{escape(loc)}</code></td>"
+                     f"<td><code>{escape(fields)}</code></td></tr>")
+        p.append("</table>")
+    if L.unanalysed:
+        kinds: dict = {}
+        for u in L.unanalysed:
+            kinds[u.kind] = kinds.get(u.kind, 0) + 1
+        p.append('<h3>Unanalysed</h3><table id="unanalysed-table"><tr><th>kind</th><th>function</th>'
+                 "<th>location</th><th>detail</th></tr>")
+        for u in L.unanalysed[:500]:
+            loc = (u.file or "?") + (f":{u.line}" if u.line else "")
+            p.append(f"<tr><td>{escape(u.kind)}</td><td><code>{escape(u.function[0] if u.function else '')}"
+                     f"</code></td><td><code>{escape(loc)}</code></td><td>{escape(u.detail)}</td></tr>")
+        p.append("</table>")
+        if len(L.unanalysed) > 500:
+            p.append(f'<p class="muted">{len(L.unanalysed) - 500} more in the JSON output.</p>')
+    return p
+
+
 def render(data, figs: dict, csvs: list[str], runs: list[dict] | None = None) -> str:
     h = data.headline
     r = data.proof
@@ -132,6 +184,7 @@ def render(data, figs: dict, csvs: list[str], runs: list[dict] | None = None) ->
         p.append("</table>")
     else:
         p.append("<p>No leaks.</p>")
+    p.extend(_evidence(r))
 
     if data.derived is not None and data.derived.members:
         d = data.derived

@@ -48,6 +48,8 @@ def text(r: ProofResult) -> str:
         out.append(f"{len(r.unresolved)} indirect call(s) not resolved (see --format json: unresolved_calls)")
     if r.diagnostics:
         out.append(f"{len(r.diagnostics)} source diagnostic(s); first: {r.diagnostics[0]}")
+    if r.ledger is not None:
+        out.append(r.ledger.summary() + " (see --format json: evidence)")
     return "\n".join(out) + "\n"
 
 
@@ -68,6 +70,7 @@ def to_dict(r: ProofResult) -> dict:
         "unresolved_calls": r.unresolved,
         "entry_points": [k[0] for k in r.graph.entries],
         "diagnostics": r.diagnostics,
+        "evidence": r.ledger.to_dict() if r.ledger is not None else None,
     }
 
 
@@ -117,8 +120,18 @@ def to_sarif(r: ProofResult) -> str:
                                          "rules": [rule]}},
                      "originalUriBaseIds": {"SRCROOT": {"uri": (r.inputs.source_root.resolve().as_uri() + "/")
                                                         if r.inputs.source_root else "file:///"}},
-                     "results": results}]}
+                     "results": results,
+                     "properties": {"evidence": _sarif_evidence(r)}}]}
     return json.dumps(doc, indent=2) + "\n"
+
+
+def _sarif_evidence(r: ProofResult) -> dict:
+    """The ledger in SARIF run properties: counts, and the sites a reviewer must look at."""
+    if r.ledger is None:
+        return {}
+    d = r.ledger.to_dict()
+    return {"summary": r.ledger.summary(), "counts": d["counts"], "unanalysed_kinds": d["unanalysed_kinds"],
+            "binary_only": d["binary_only"], "compiled_away": d["compiled_away"], "unanalysed": d["unanalysed"]}
 
 
 def _graph_for_export(r: ProofResult):
