@@ -272,3 +272,113 @@ def test_fragment_sections():
     assert by_name["DEBUG_INFO_BTF"].section == "btf" and not by_name["DEBUG_INFO_BTF"].required
     assert by_name["DEBUG_INFO_DWARF5"].section == "debug info"
     assert not by_name["EXPERT"].required
+
+
+# --------------------------------------------------------------------------- real trees (6.1, 6.12)
+
+
+def _configure_only(tmp_path: Path, series: str, llvm: bool, config: str = "pkvm-tiny") -> tuple[dict, dict]:
+    """kernel build's config stage alone (tinyconfig, the resolver, merge, olddefconfig) in a fresh O=."""
+    import build_cache
+
+    if llvm:
+        try:
+            kb._toolchain(True)
+        except Exception as e:  # ToolMissing
+            pytest.skip(str(e))
+    else:
+        build_cache.require_cross_compiler()
+    tree = build_cache.debian_source_tree(series).dir
+    make_vars, _ = kb._toolchain(llvm)
+    out = tmp_path / f"out-{series}-{'llvm' if llvm else 'gcc'}"
+    out.mkdir()
+    run = kb._Runner(out / kb.LOG, dict(os.environ, LC_ALL="C"), None)
+    try:
+        rec = kb._configure(run, tree, out, ["make", "-C", str(tree), f"O={out}", *make_vars], config, None,
+                            btf=True)
+    finally:
+        run.close()
+    return rec, kb._parse_config((out / ".config").read_text())
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("series,llvm", [("6.1", False), ("6.12", False), ("6.12", True)])
+def test_pkvm_tiny_resolution_on_debian_trees(tmp_path, series, llvm):
+    rec, cfg = _configure_only(tmp_path, series, llvm)
+    assert rec["olddefconfig_disagrees"] == [], "the resolver predicted what olddefconfig did"
+    assert rec["debug_info"] == "DWARF 5" and rec["btf"] is True, rec["choices"]
+    assert rec["choices"][:2] == ["debug info: DWARF 5", "BTF: yes"]
+    for opt in ("KVM", "DEBUG_INFO", "DEBUG_INFO_DWARF5", "DEBUG_INFO_BTF", "SERIAL_AMBA_PL011_CONSOLE",
+                "BLK_DEV_INITRD", "DEVTMPFS_MOUNT"):
+        assert cfg[f"CONFIG_{opt}"] == "y", opt
+    assert cfg.get("CONFIG_CC_IS_CLANG", "n") == ("y" if llvm else "n")
+
+
+@pytest.mark.kernel
+def test_61_resolution_reproduces_the_cached_build(tmp_path):
+    """The resolver changes nothing where scopecheck's fragment already stuck: same .config as the cached build."""
+    import build_cache
+
+    k = build_cache.pkvm_tiny_61()
+    _, cfg = _configure_only(tmp_path, "6.1", False)
+    cached = kb._parse_config(Path(k.config_path).read_text())
+    diff = {o: (cached.get(o), cfg.get(o)) for o in set(cached) | set(cfg)
+            if cached.get(o, "n") != cfg.get(o, "n") and o != "CONFIG_CC_VERSION_TEXT"}
+    assert diff == {}
+
+
+@pytest.fixture(scope="module")
+def kconf61():
+    import build_cache
+
+    build_cache.require_cross_compiler()
+    tree = build_cache.debian_source_tree("6.1").dir
+    make_vars, _ = kb._toolchain(False)
+    return tree, make_vars, kc.load_kconfig(tree, kc.kbuild_env(tree, make_vars))
+
+
+def _olddefconfig(tree: Path, make_vars, out: Path, text: str) -> dict:
+    out.mkdir(exist_ok=True)
+    (out / ".config").write_text(text)
+    subprocess.run(["make", "-s", "-C", str(tree), f"O={out}", *make_vars, "olddefconfig"], check=True,
+                   capture_output=True, timeout=900)
+    return kb._parse_config((out / ".config").read_text())
+
+
+@pytest.mark.kernel
+def test_61_file_with_kvm_removed_and_reduced_split_debug(tmp_path, kconf61):
+    """A user's FILE without KVM and with reduced + split DWARF 4: KVM added, DWARF 4 kept, full debug info."""
+    import build_cache
+
+    tree, make_vars, kconf = kconf61
+    base_text = Path(build_cache.pkvm_tiny_61().config_path).read_text()
+    drop = ("CONFIG_KVM=", "CONFIG_VIRTUALIZATION=", "CONFIG_DEBUG_INFO_DWARF5=", "CONFIG_DEBUG_INFO_BTF=")
+    base_text = "".join(l for l in base_text.splitlines(keepends=True) if not l.startswith(drop))
+    base_text += ("# CONFIG_VIRTUALIZATION is not set\nCONFIG_DEBUG_INFO_DWARF4=y\nCONFIG_DEBUG_INFO_REDUCED=y\n"
+                  "CONFIG_DEBUG_INFO_SPLIT=y\n")
+    base = _olddefconfig(tree, make_vars, tmp_path / "base", base_text)
+    assert base.get("CONFIG_KVM", "n") == "n" and base["CONFIG_DEBUG_INFO_REDUCED"] == "y"
+    res = kc.resolve(kconf, tmp_path / "base" / ".config", kc.intents_from_fragment(kb.DEBUG_OVERLAY),
+                     debug="any", btf=True)
+    assert res.choices[0] == "debug info: DWARF 4 (as the config has it)"
+    final = _olddefconfig(tree, make_vars, tmp_path / "final",
+                          (tmp_path / "base" / ".config").read_text() + res.fragment_text())
+    assert kc.verify(res, final) == []
+    assert final["CONFIG_KVM"] == "y" and final["CONFIG_DEBUG_INFO_DWARF4"] == "y"
+    assert final.get("CONFIG_DEBUG_INFO_REDUCED", "n") == "n" and final.get("CONFIG_DEBUG_INFO_SPLIT", "n") == "n"
+
+
+@pytest.mark.kernel
+def test_61_conflicting_btf_without_pahole(tmp_path, kconf61):
+    """BTF asked for by the base config but not possible here (pahole): BTF off, DWARF 5 kept."""
+    import build_cache
+
+    tree, make_vars, kconf = kconf61
+    base = Path(build_cache.pkvm_tiny_61().config_path)
+    res = kc.resolve(kconf, base, kc.intents_from_fragment(kb.fragment_text("pkvm-tiny")), btf=False,
+                     btf_unavailable="pahole not found")
+    assert res.choices[:2] == ["debug info: DWARF 5", "BTF: no (pahole not found)"]
+    assert res.assignments.get("DEBUG_INFO_BTF") == "n"
+    final = _olddefconfig(tree, make_vars, tmp_path / "final", base.read_text() + res.fragment_text())
+    assert kc.verify(res, final) == []
+    assert final["CONFIG_DEBUG_INFO_DWARF5"] == "y" and final.get("CONFIG_DEBUG_INFO_BTF", "n") == "n"
