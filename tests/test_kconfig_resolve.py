@@ -382,3 +382,11 @@ def test_61_conflicting_btf_without_pahole(tmp_path, kconf61):
     final = _olddefconfig(tree, make_vars, tmp_path / "final", base.read_text() + res.fragment_text())
     assert kc.verify(res, final) == []
     assert final["CONFIG_DEBUG_INFO_DWARF5"] == "y" and final.get("CONFIG_DEBUG_INFO_BTF", "n") == "n"
+
+
+def test_file_config_without_debug_info_gets_dwarf5(tmp_path, conf_binary):
+    """--config FILE with no debug info at all: the best version this tree allows is turned on."""
+    res, cfg = _resolve(tmp_path, tree_61(), conf_binary, fragment=kb.DEBUG_OVERLAY, debug="any",
+                        base_extra="CONFIG_DEBUG_KERNEL=y\nCONFIG_DEBUG_INFO_NONE=y\n")
+    assert res.choices[0] == "debug info: DWARF 5"
+    assert cfg["CONFIG_DEBUG_INFO_DWARF5"] == "y" and cfg["CONFIG_KVM"] == "y"

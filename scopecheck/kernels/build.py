@@ -22,17 +22,26 @@ identity and the patches' contents, reused).
 Configs:
 
 ``pkvm-tiny``  ``make tinyconfig`` + the fragment ``scopecheck/data/configs/pkvm-tiny.config``
-               merged with ``scripts/kconfig/merge_config.sh -m`` + ``make olddefconfig``.
-``defconfig``  ``make defconfig`` + :data:`DEBUG_OVERLAY` (full DWARF 5, KVM, BTF).
+``defconfig``  ``make defconfig`` + :data:`DEBUG_OVERLAY` (KVM, full debug info, BTF).
 FILE           a complete ``.config`` (e.g. a distribution's ``config-*``), copied to
-               ``<out>/.config``, :data:`DEBUG_OVERLAY` merged on top, then ``make olddefconfig``.
+               ``<out>/.config``, with only KVM and full debug info (any DWARF version) added.
 
-After ``olddefconfig`` every option the fragment/overlay asks for is checked
-in ``<out>/.config``; Kconfig silently drops options whose dependencies are
-unmet, and such an option ends the build with an error naming it (except the
-BTF options, which are optional: without a new enough ``pahole``, or when BTF
-generation fails, the kernel is built without BTF and :attr:`BuiltKernel.notes`
-says so).
+The fragment/overlay is an intent, resolved against the tree's own Kconfig by
+:mod:`scopecheck.kernels.kconfig` (kconfiglib in kbuild's environment):
+missing dependencies are added, the DWARF version and BTF are chosen for this
+tree, toolchain and pahole, and the result is merged with
+``scripts/kconfig/merge_config.sh -m`` + ``make olddefconfig``. Afterwards
+every option the resolver asked for is checked in ``<out>/.config`` (an option
+that did not stick ends the build with an error naming it; BTF is optional:
+when it fails to build, the kernel is rebuilt without it and
+:attr:`BuiltKernel.notes` says so), and the resolver's prediction is compared
+with what olddefconfig produced. :attr:`BuiltKernel.kconfig` records the
+choices (``debug_info``, ``btf``, ``choices``, ``added``, ``dropped``).
+
+With ``ccache`` installed the compiler runs through it (``CC="ccache ..."``);
+a build into a directory that holds a completed build of the same tree,
+config and toolchain keeps its ``.config`` and lets ``make`` rebuild only
+what changed.
 
 The targets are ``vmlinux`` and ``Image`` (``kvm_nvhe.o`` is part of vmlinux
 when ``CONFIG_KVM=y``); ``compile_commands.json`` is then written by the

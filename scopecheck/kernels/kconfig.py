@@ -580,9 +580,10 @@ def _short(err: str) -> str:
 
 def _debug_policy(r: _Resolver, res: Resolution, debug: str, btf: bool, btf_unavailable: str,
                   failed: list[str]) -> None:
-    if debug == "any":
+    before = _current_debug(r)
+    if debug == "any" and before:  # the FILE has debug info: keep its version, make it full
         snap = r.snapshot()
-        if _full_debug(r, None) is None and _current_debug(r):
+        if _full_debug(r, None) is None and _current_debug(r) == before:
             res.debug_info = _current_debug(r)
             res.choices.append(f"debug info: {res.debug_info} (as the config has it)")
             _btf_choice(r, res, btf, btf_unavailable, keep_only=True)
