@@ -262,8 +262,7 @@ def build_cmd(
     use_ccache: Annotated[
         Optional[bool],
         typer.Option("--ccache/--no-ccache", show_default=False,
-                     help="Compile through ccache [default: when ccache is installed; in an existing build "
-                     "directory, only if its previous build did]."),
+                     help="Compile through ccache [default: when ccache is installed]."),
     ] = None,
     output_format: Annotated[
         OutputFormat,

@@ -464,3 +464,21 @@ def test_build_json_records_kconfig_choices(tiny61):
     assert d["schema_version"] == 1 and d["kconfig"]["debug_info"] == "DWARF 5"
     assert "debug info: DWARF 5" in d["kconfig"]["choices"]
     assert "scopecheck: debug info: DWARF 5" in r.stderr.splitlines()
+
+
+def test_ccache_masquerade_keeps_the_compiler_name(tmp_path, monkeypatch):
+    """ccache runs as `aarch64-linux-gnu-gcc` from the front of PATH: same command lines, second compile a hit."""
+    if shutil.which("ccache") is None:
+        pytest.skip("ccache not installed (Debian package ccache)")
+    build_cache.require_cross_compiler()
+    monkeypatch.setenv("SCOPECHECK_CACHE", str(tmp_path / "cache"))
+    d = kb._ccache_masquerade(False)
+    assert Path(os.readlink(d / kb.CROSS_GCC)) == Path(shutil.which("ccache")).resolve()
+    (tmp_path / "hyp.c").write_text("int hyp_answer(void) { return 42; }\n")
+    env = dict(os.environ, PATH=f"{d}{os.pathsep}{os.environ['PATH']}", CCACHE_DIR=str(tmp_path / "ccache"))
+    for _ in range(2):
+        subprocess.run([kb.CROSS_GCC, "-g", "-O2", "-c", "hyp.c", "-o", "hyp.o"], cwd=tmp_path, env=env, check=True)
+    stats = subprocess.run(["ccache", "--print-stats"], env=env, capture_output=True, text=True).stdout
+    hits = dict(line.split("\t", 1) for line in stats.splitlines() if "\t" in line)
+    assert int(hits.get("direct_cache_hit", 0)) + int(hits.get("preprocessed_cache_hit", 0)) == 1, stats
+    assert int(hits.get("cache_miss", 0)) == 1, stats

@@ -38,7 +38,8 @@ when it fails to build, the kernel is rebuilt without it and
 with what olddefconfig produced. :attr:`BuiltKernel.kconfig` records the
 choices (``debug_info``, ``btf``, ``choices``, ``added``, ``dropped``).
 
-With ``ccache`` installed the compiler runs through it (``CC="ccache ..."``);
+With ``ccache`` installed the compiler runs through it (masquerading as the
+compiler on PATH, so command lines and ``compile_commands.json`` are unchanged);
 a build into a directory that holds a completed build of the same tree,
 config and toolchain keeps its ``.config`` and lets ``make`` rebuild only
 what changed.
@@ -820,10 +821,29 @@ def _previous_build(out: Path) -> Optional[dict]:
     return d if isinstance(d, dict) and d.get("stamp_format") == STAMP_FORMAT else None
 
 
-def _with_ccache(make_vars: list[str], llvm: bool) -> list[str]:
-    """``CC="ccache <cc>"`` for kbuild (the compiler's output is unchanged; ccache only skips repeats)."""
-    cc = "clang" if llvm else CROSS_GCC
-    return [*make_vars, f"CC=ccache {cc}"]
+def _ccache_masquerade(llvm: bool) -> Path:
+    """A directory whose ``aarch64-linux-gnu-gcc`` / ``clang`` are links to ccache, for the front of PATH.
+
+    ccache in masquerade mode runs the real compiler found further down PATH. Unlike
+    ``CC="ccache gcc"`` this leaves kbuild's command lines (``.cmd`` files,
+    ``compile_commands.json``) exactly as without ccache, so turning ccache on or off never
+    makes ``make`` rebuild everything, and the source door sees the compiler as usual.
+    """
+    real = Path(_need("ccache", "ccache")).resolve()
+    d = cache_dir("ccache-bin")
+    d.mkdir(parents=True, exist_ok=True)
+    for name in ("clang",) if llvm else (CROSS_GCC,):
+        link = d / name
+        try:
+            if link.is_symlink() and Path(os.readlink(link)) == real:
+                continue
+            tmp = d / f".{name}.{os.getpid()}"
+            tmp.unlink(missing_ok=True)
+            tmp.symlink_to(real)
+            os.replace(tmp, link)
+        except OSError as e:
+            raise ScopecheckError(f"cannot set up ccache in {d}: {e.strerror}") from None
+    return d
 
 
 def _config_fingerprint(tree: Path, config: str, config_file: Optional[Path], make_vars: Sequence[str],
@@ -865,9 +885,9 @@ def build_kernel(
     resolved against the tree's own Kconfig (:mod:`scopecheck.kernels.kconfig`).
     ``btf``: None = when pahole is new enough (falling back without BTF if it
     fails to build); False = never.
-    ``ccache``: None = use ``ccache`` when installed (and, in an existing build
-    directory, only if its previous build did, so the compiler command lines
-    stay the same); True/False = force.
+    ``ccache``: None = use ``ccache`` when installed (through a masquerade
+    directory on PATH, so kbuild's command lines are the same either way);
+    True/False = force.
     When ``out`` holds a completed build of the same tree, config and toolchain,
     its ``.config`` is kept and ``make`` rebuilds only what changed.
     Raises :class:`ScopecheckError` subclasses (InputError, ToolMissing,
@@ -900,11 +920,9 @@ def build_kernel(
     out.mkdir(parents=True, exist_ok=True)
     previous = _previous_build(out)
     if ccache is None:
-        ccache = shutil.which("ccache") is not None and (previous is None or previous.get("ccache", False))
+        ccache = shutil.which("ccache") is not None
     elif ccache:
         _need("ccache", "ccache")
-    if ccache:
-        make_vars = _with_ccache(make_vars, llvm)
     fingerprint = _config_fingerprint(tree, config, config_file, make_vars, toolchain, btf)
     reuse_config = (previous is not None and previous.get("config_fingerprint") == fingerprint
                     and (out / ".config").is_file() and bool(previous.get("kconfig")))
@@ -925,6 +943,8 @@ def build_kernel(
     env.pop("GCC_COLORS", None)
     for v in ("ARCH", "CROSS_COMPILE", "LLVM", "O", "KBUILD_OUTPUT", "CC", "KCONFIG_CONFIG"):
         env.pop(v, None)
+    if ccache:
+        env["PATH"] = f"{_ccache_masquerade(llvm)}{os.pathsep}{env.get('PATH', '')}"
     make = ["make", "-C", str(tree), f"O={out}", *make_vars]
     run = _Runner(log, env, progress)
     try:
