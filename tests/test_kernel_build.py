@@ -426,7 +426,8 @@ def test_llvm_callgraph_reads_clang_dwarf5(name, request):
     k = request.getfixturevalue(name)
     d = _callgraph(k.out, "rfc-hyp-scope")
     assert d["schema_version"] >= 1 and d["mode"] == "source+binary"
-    assert d["footprint"], "no kvm_vcpu accesses seen in clang's DWARF"
+    assert any(e["root"] == "kvm_vcpu" for e in d["footprint"]), "no kvm_vcpu accesses seen in clang's DWARF"
+    assert not d["diagnostics"], d["diagnostics"][:3]
     fields = {l["field"] for l in d["leaks"] if l.get("kind") == "field"}
     assert len(fields) >= 5, fields
     assert not any(f.startswith("arch.ctxt") for f in fields)
@@ -437,10 +438,13 @@ def test_612_from_source_callgraph(tiny612):
     assert tiny612.kernel_version.startswith("6.12")
     assert kb._parse_config(tiny612.config_path.read_text())["CONFIG_DEBUG_INFO_DWARF5"] == "y"
     hyp = _callgraph(tiny612.out, "pkvm-hyp-vcpu")
-    assert hyp["mode"] == "source+binary"
-    assert any("pkvm_hyp_vcpu" in k_ for k_ in hyp["footprint"]), list(hyp["footprint"])[:10]
+    assert hyp["mode"] == "source+binary" and hyp["query"]["id"] == "pkvm-hyp-vcpu"
+    paths = {e["path"] for e in hyp["footprint"] if e["root"] == "pkvm_hyp_vcpu"}
+    assert "host_vcpu" in paths, sorted(paths)[:20]
+    assert all(l["query"] == "pkvm-hyp-vcpu" for l in hyp["leaks"])
     rfc = _callgraph(tiny612.out, "rfc-hyp-scope")
     assert rfc["mode"] == "source+binary" and rfc["leaks"]
+    assert {e["root"] for e in rfc["footprint"]} >= {"kvm_vcpu", "kvm_cpu_context"}
 
 
 @pytest.mark.parametrize("name", LLVM_BUILDS)
