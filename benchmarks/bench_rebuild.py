@@ -63,7 +63,7 @@ def build(tree: Path, out: Path, llvm: bool) -> tuple[float, dict]:
 
 
 def analyse(out: Path) -> float:
-    wall, _ = run([*sc(), "callgraph", str(out), "--format", "json", "-q"], ok=(0, 1))
+    wall, _ = run([*sc(), "callgraph", str(out), "--format", "json", "--quiet"], ok=(0, 1))
     return wall
 
 

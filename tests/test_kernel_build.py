@@ -415,7 +415,7 @@ def test_llvm_size_agrees_with_pahole(name, request):
 
 
 def _callgraph(out: Path, query: str) -> dict:
-    r = run_cli("callgraph", str(out), "--query", query, "--format", "json", "-q", timeout=1800)
+    r = run_cli("callgraph", str(out), "--query", query, "--format", "json", "--quiet", timeout=1800)
     assert r.returncode in (0, 1), r.stderr
     return json.loads(r.stdout)
 
