@@ -238,9 +238,10 @@ def build_cmd(
         typer.Option(
             "--config",
             help="pkvm-tiny: tinyconfig + scopecheck's fragment (KVM, GICv3, PSCI, PL011 console, initramfs, "
-            "DWARF 5, BTF). defconfig: make defconfig + DWARF 5 debug info, KVM and BTF. FILE: a complete "
-            ".config (e.g. a distribution's config-*), with the same debug/KVM/BTF options merged on top and "
-            "run through olddefconfig.",
+            "debug info, BTF), resolved against the tree's own Kconfig (missing dependencies such as NET are "
+            "added; DWARF 5 where the tree and toolchain allow, else DWARF 4; BTF where the tree and pahole "
+            "agree). defconfig: make defconfig + the same debug info, KVM and BTF. FILE: a complete .config "
+            "(e.g. a distribution's config-*); only KVM and full debug info (of any DWARF version) are added.",
         ),
     ] = "pkvm-tiny",
     jobs: Annotated[
@@ -255,8 +256,14 @@ def build_cmd(
         ),
     ] = None,
     llvm: Annotated[
-        bool, typer.Option("--llvm", help="Build with clang/LLVM (LLVM=1) instead of aarch64-linux-gnu-gcc.")
+        bool, typer.Option("--llvm", help="Build with clang/LLVM (LLVM=1: clang, ld.lld, llvm-ar, ...) instead "
+                                          "of aarch64-linux-gnu-gcc.")
     ] = False,
+    use_ccache: Annotated[
+        Optional[bool],
+        typer.Option("--ccache/--no-ccache", show_default=False,
+                     help="Compile through ccache [default: when ccache is installed]."),
+    ] = None,
     output_format: Annotated[
         OutputFormat,
         typer.Option("--format", help="Output on stdout: text ('name: path' lines) or json.", case_sensitive=False),
@@ -272,7 +279,8 @@ def build_cmd(
 
     The full log is kept in OUT/scopecheck-build.log; a failure quotes the first compiler error.
     """
-    from scopecheck.kernels.build import StderrBuildProgress, build_kernel, cached_build, print_result
+    from scopecheck.kernels.build import (StderrBuildProgress, build_kernel, cached_build, print_choices,
+                                          print_result)
     from scopecheck.paths import check_input_file
 
     # every file argument, before anything opens it (a FIFO or /dev/zero must not block)
@@ -283,10 +291,13 @@ def build_cmd(
         check_input_file(p, what="patch (--patch)", max_bytes=256 << 20)
     with StderrBuildProgress(quiet) as progress:
         if out is None:
-            k = cached_build(src, config, patch or (), jobs=jobs, llvm=llvm, progress=progress)
+            k = cached_build(src, config, patch or (), jobs=jobs, llvm=llvm, progress=progress,
+                             ccache=use_ccache)
         else:
             k = build_kernel(src, out, config=config, jobs=jobs, patches=patch or (), llvm=llvm,
-                             progress=progress)
+                             progress=progress, ccache=use_ccache)
+    if not quiet:
+        print_choices(k)
     if path is not None:
         typer.echo(str(getattr(k, path.value)))
         return

@@ -54,12 +54,24 @@ def require_cross_compiler() -> None:
         pytest.skip("aarch64-linux-gnu-gcc not installed (Debian package gcc-aarch64-linux-gnu)")
 
 
+def require_llvm() -> None:
+    """clang, ld.lld and the llvm binutils for LLVM=1 (Debian packages clang, lld, llvm)."""
+    from scopecheck.kernels.build import _toolchain
+
+    try:
+        _toolchain(True)
+    except ToolMissing as e:
+        pytest.skip(f"cannot build with LLVM=1 here: {e}")
+
+
 @functools.cache
-def _build(series: str, config: str, patches: tuple[str, ...]) -> BuiltKernel:
+def _build(series: str, config: str, patches: tuple[str, ...], llvm: bool = False) -> BuiltKernel:
     """Build through the CLI, as a user would (`scopecheck kernel build SRC` without --out uses the cache)."""
-    require_cross_compiler()
+    require_llvm() if llvm else require_cross_compiler()
     args = [sys.executable, "-m", "scopecheck", "kernel", "build", str(debian_source_tarball(series)),
             "--config", config, "--format", "json"]
+    if llvm:
+        args.append("--llvm")
     for p in patches:
         args += ["--patch", p]
     r = subprocess.run(args, stdout=subprocess.PIPE, stderr=None, text=True, timeout=3600)
@@ -70,11 +82,16 @@ def _build(series: str, config: str, patches: tuple[str, ...]) -> BuiltKernel:
     return k
 
 
-def pkvm_tiny_61(patches: Sequence[str | Path] = ()) -> BuiltKernel:
+def pkvm_tiny_61(patches: Sequence[str | Path] = (), llvm: bool = False) -> BuiltKernel:
     """pkvm-tiny built from Debian's linux-source-6.1 (optionally with ``patches`` applied to a copy)."""
-    return _build("6.1", "pkvm-tiny", tuple(str(p) for p in patches))
+    return _build("6.1", "pkvm-tiny", tuple(str(p) for p in patches), llvm)
 
 
-def build(series: str, config: str = "pkvm-tiny", patches: Sequence[str | Path] = ()) -> BuiltKernel:
-    """Any config ("pkvm-tiny", "defconfig", a .config path) from Debian's linux-source-<series>."""
-    return _build(series, config, tuple(str(p) for p in patches))
+def build(series: str, config: str = "pkvm-tiny", patches: Sequence[str | Path] = (),
+          llvm: bool = False) -> BuiltKernel:
+    """Any config ("pkvm-tiny", "defconfig", a .config path) from Debian's linux-source-<series>.
+
+    ``llvm=True``: built with clang and lld (``kernel build --llvm``); one build per
+    series and compiler, shared by every test through the cache.
+    """
+    return _build(series, config, tuple(str(p) for p in patches), llvm)

@@ -357,3 +357,132 @@ def test_defconfig_config_step(tmp_path, src61):
     for opt in ("CONFIG_KVM", "CONFIG_DEBUG_INFO_DWARF5", "CONFIG_ARM64", "CONFIG_PCI"):
         assert cfg.get(opt) == "y", opt
     assert cfg.get("CONFIG_DEBUG_INFO_REDUCED", "n") == "n"
+
+
+# --------------------------------------------------------------------------- clang (--llvm) and 6.12 from source
+#
+# One build per series and compiler, shared through the cache with every other test.
+
+
+@pytest.fixture(scope="session")
+def tiny61_llvm() -> kb.BuiltKernel:
+    return build_cache.build("6.1", llvm=True)
+
+
+@pytest.fixture(scope="session")
+def tiny612_llvm() -> kb.BuiltKernel:
+    return build_cache.build("6.12", llvm=True)
+
+
+@pytest.fixture(scope="session")
+def tiny612() -> kb.BuiltKernel:
+    return build_cache.build("6.12")
+
+
+LLVM_BUILDS = ["tiny61_llvm", "tiny612_llvm"]
+
+
+def _producer_and_version(obj: Path) -> tuple[str, int]:
+    from elftools.elf.elffile import ELFFile
+
+    with open(obj, "rb") as f:
+        cu = next(ELFFile(f).get_dwarf_info().iter_CUs())
+        producer = cu.get_top_DIE().attributes["DW_AT_producer"].value
+        return producer.decode() if isinstance(producer, bytes) else str(producer), cu.header["version"]
+
+
+@pytest.mark.parametrize("name", LLVM_BUILDS)
+def test_llvm_build_is_clang_dwarf5(name, request):
+    k = request.getfixturevalue(name)
+    assert k.llvm and "clang" in k.toolchain
+    producer, version = _producer_and_version(k.kvm_nvhe_o)
+    assert "clang" in producer and version == 5
+    assert k.kconfig["debug_info"] == "DWARF 5"
+    cfg = kb._parse_config(k.config_path.read_text())
+    assert cfg["CONFIG_CC_IS_CLANG"] == "y" and cfg["CONFIG_LD_IS_LLD"] == "y" and cfg["CONFIG_KVM"] == "y"
+
+
+@pytest.mark.parametrize("name", LLVM_BUILDS)
+def test_llvm_size_agrees_with_pahole(name, request):
+    if shutil.which("pahole") is None:
+        pytest.skip("pahole not installed (Debian package dwarves)")
+    k = request.getfixturevalue(name)
+    r = run_cli("size", "--format", "json", "-s", "kvm_vcpu", "-s", "kvm_cpu_context", str(k.vmlinux))
+    assert r.returncode == 0, r.stderr
+    structs = {s["name"]: s for t in json.loads(r.stdout)["targets"] for s in t["structs"]}
+    for name_ in ("kvm_vcpu", "kvm_cpu_context"):
+        assert structs[name_]["size"] == _pahole_size(k.vmlinux, name_) > 0, name_
+
+
+def _callgraph(out: Path, query: str) -> dict:
+    r = run_cli("callgraph", str(out), "--query", query, "--format", "json", "--quiet", timeout=1800)
+    assert r.returncode in (0, 1), r.stderr
+    return json.loads(r.stdout)
+
+
+@pytest.mark.parametrize("name", LLVM_BUILDS)
+def test_llvm_callgraph_reads_clang_dwarf5(name, request):
+    """clang's DWARF 5 (strx/addrx/rnglistx forms): the proof finds the same kind of evidence as with gcc."""
+    k = request.getfixturevalue(name)
+    d = _callgraph(k.out, "rfc-hyp-scope")
+    assert d["schema_version"] >= 1 and d["mode"] == "source+binary"
+    assert any(e["root"] == "kvm_vcpu" for e in d["footprint"]), "no kvm_vcpu accesses seen in clang's DWARF"
+    assert not d["diagnostics"], d["diagnostics"][:3]
+    fields = {l["field"] for l in d["leaks"] if l.get("kind") == "field"}
+    assert len(fields) >= 5, fields
+    assert not any(f.startswith("arch.ctxt") for f in fields)
+
+
+def test_612_from_source_callgraph(tiny612):
+    """6.12 built from Debian's linux-source-6.12: pkvm_hyp_vcpu and the RFC scope on a real source build."""
+    assert tiny612.kernel_version.startswith("6.12")
+    assert kb._parse_config(tiny612.config_path.read_text())["CONFIG_DEBUG_INFO_DWARF5"] == "y"
+    hyp = _callgraph(tiny612.out, "pkvm-hyp-vcpu")
+    assert hyp["mode"] == "source+binary" and hyp["query"]["id"] == "pkvm-hyp-vcpu"
+    paths = {e["path"] for e in hyp["footprint"] if e["root"] == "pkvm_hyp_vcpu"}
+    assert "host_vcpu" in paths, sorted(paths)[:20]
+    assert all(l["query"] == "pkvm-hyp-vcpu" for l in hyp["leaks"])
+    rfc = _callgraph(tiny612.out, "rfc-hyp-scope")
+    assert rfc["mode"] == "source+binary" and rfc["leaks"]
+    assert {e["root"] for e in rfc["footprint"]} >= {"kvm_vcpu", "kvm_cpu_context"}
+
+
+@pytest.mark.parametrize("name", LLVM_BUILDS)
+def test_llvm_boots_protected(name, request):
+    if shutil.which("qemu-system-aarch64") is None:
+        pytest.skip("qemu-system-aarch64 not installed (Debian package qemu-system-arm)")
+    from test_boot import CHECKS, _json, boot_cli
+
+    k = request.getfixturevalue(name)
+    proc = boot_cli(str(k.image), "--vmlinux", str(k.vmlinux), "--format", "json", "-q", "--timeout", "120")
+    rep = _json(proc)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert rep["passed"] is True and [c["name"] for c in rep["checks"]] == CHECKS
+    assert {c["name"]: c for c in rep["checks"]}["btf-sizes-match-dwarf"]["status"] == "pass"
+
+
+def test_build_json_records_kconfig_choices(tiny61):
+    r = run_cli("kernel", "build", str(build_cache.debian_source_tarball("6.1")), "--format", "json")
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout)
+    assert d["schema_version"] == 1 and d["kconfig"]["debug_info"] == "DWARF 5"
+    assert "debug info: DWARF 5" in d["kconfig"]["choices"]
+    assert "scopecheck: debug info: DWARF 5" in r.stderr.splitlines()
+
+
+def test_ccache_masquerade_keeps_the_compiler_name(tmp_path, monkeypatch):
+    """ccache runs as `aarch64-linux-gnu-gcc` from the front of PATH: same command lines, second compile a hit."""
+    if shutil.which("ccache") is None:
+        pytest.skip("ccache not installed (Debian package ccache)")
+    build_cache.require_cross_compiler()
+    monkeypatch.setenv("SCOPECHECK_CACHE", str(tmp_path / "cache"))
+    d = kb._ccache_masquerade(False)
+    assert Path(os.readlink(d / kb.CROSS_GCC)) == Path(shutil.which("ccache")).resolve()
+    (tmp_path / "hyp.c").write_text("int hyp_answer(void) { return 42; }\n")
+    env = dict(os.environ, PATH=f"{d}{os.pathsep}{os.environ['PATH']}", CCACHE_DIR=str(tmp_path / "ccache"))
+    for _ in range(2):
+        subprocess.run([kb.CROSS_GCC, "-g", "-O2", "-c", "hyp.c", "-o", "hyp.o"], cwd=tmp_path, env=env, check=True)
+    stats = subprocess.run(["ccache", "--print-stats"], env=env, capture_output=True, text=True).stdout
+    hits = dict(line.split("\t", 1) for line in stats.splitlines() if "\t" in line)
+    assert int(hits.get("direct_cache_hit", 0)) + int(hits.get("preprocessed_cache_hit", 0)) == 1, stats
+    assert int(hits.get("cache_miss", 0)) == 1, stats

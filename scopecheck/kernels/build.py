@@ -22,17 +22,27 @@ identity and the patches' contents, reused).
 Configs:
 
 ``pkvm-tiny``  ``make tinyconfig`` + the fragment ``scopecheck/data/configs/pkvm-tiny.config``
-               merged with ``scripts/kconfig/merge_config.sh -m`` + ``make olddefconfig``.
-``defconfig``  ``make defconfig`` + :data:`DEBUG_OVERLAY` (full DWARF 5, KVM, BTF).
+``defconfig``  ``make defconfig`` + :data:`DEBUG_OVERLAY` (KVM, full debug info, BTF).
 FILE           a complete ``.config`` (e.g. a distribution's ``config-*``), copied to
-               ``<out>/.config``, :data:`DEBUG_OVERLAY` merged on top, then ``make olddefconfig``.
+               ``<out>/.config``, with only KVM and full debug info (any DWARF version) added.
 
-After ``olddefconfig`` every option the fragment/overlay asks for is checked
-in ``<out>/.config``; Kconfig silently drops options whose dependencies are
-unmet, and such an option ends the build with an error naming it (except the
-BTF options, which are optional: without a new enough ``pahole``, or when BTF
-generation fails, the kernel is built without BTF and :attr:`BuiltKernel.notes`
-says so).
+The fragment/overlay is an intent, resolved against the tree's own Kconfig by
+:mod:`scopecheck.kernels.kconfig` (kconfiglib in kbuild's environment):
+missing dependencies are added, the DWARF version and BTF are chosen for this
+tree, toolchain and pahole, and the result is merged with
+``scripts/kconfig/merge_config.sh -m`` + ``make olddefconfig``. Afterwards
+every option the resolver asked for is checked in ``<out>/.config`` (an option
+that did not stick ends the build with an error naming it; BTF is optional:
+when it fails to build, the kernel is rebuilt without it and
+:attr:`BuiltKernel.notes` says so), and the resolver's prediction is compared
+with what olddefconfig produced. :attr:`BuiltKernel.kconfig` records the
+choices (``debug_info``, ``btf``, ``choices``, ``added``, ``dropped``).
+
+With ``ccache`` installed the compiler runs through it (masquerading as the
+compiler on PATH, so command lines and ``compile_commands.json`` are unchanged);
+a build into a directory that holds a completed build of the same tree,
+config and toolchain keeps its ``.config`` and lets ``make`` rebuild only
+what changed.
 
 The targets are ``vmlinux`` and ``Image`` (``kvm_nvhe.o`` is part of vmlinux
 when ``CONFIG_KVM=y``); ``compile_commands.json`` is then written by the
@@ -44,6 +54,7 @@ output of every step goes to ``<out>/scopecheck-build.log``; a failure raises
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import hashlib
 import importlib.resources
@@ -102,19 +113,20 @@ BTF_END = "# scopecheck:btf-end"
 ALWAYS_REQUIRED = ("CONFIG_ARM64", "CONFIG_KVM", "CONFIG_DEBUG_INFO")
 BTF_OPTIONS = ("CONFIG_DEBUG_INFO_BTF", "CONFIG_BPF_SYSCALL")
 
-#: Merged on top of ``defconfig`` and of a user's FILE: what the analysis needs.
+#: Merged on top of ``defconfig`` and of a user's FILE: only what the analysis needs. The
+#: debug-info and BTF sections are decided by the resolver (scopecheck.kernels.kconfig):
+#: full debug info of the best DWARF version the tree and toolchain allow, BTF when possible.
 DEBUG_OVERLAY = f"""\
-# scopecheck: debug overlay for defconfig / a user's .config
-CONFIG_DEBUG_KERNEL=y
-CONFIG_DEBUG_INFO_DWARF5=y
-# CONFIG_DEBUG_INFO_NONE is not set
-# CONFIG_DEBUG_INFO_REDUCED is not set
-# CONFIG_DEBUG_INFO_SPLIT is not set
+# scopecheck: what the analysis needs, merged on top of defconfig / a user's .config
+# --- kvm: the nVHE hyp is built with KVM ---
 CONFIG_VIRTUALIZATION=y
 CONFIG_KVM=y
-# a distribution's config names key files that are not in the source tree
+# --- debug info: full (not reduced, not split); the version is resolved per tree ---
+CONFIG_DEBUG_INFO=y
+# --- keys: a distribution's config names key files that are not in the source tree ---
 CONFIG_SYSTEM_TRUSTED_KEYS=""
 CONFIG_SYSTEM_REVOCATION_KEYS=""
+# --- btf: when the tree and pahole agree ---
 {BTF_BEGIN}
 CONFIG_BPF_SYSCALL=y
 CONFIG_DEBUG_INFO_BTF=y
@@ -173,6 +185,10 @@ class BuiltKernel:
     toolchain: str = ""  # first line of `<cc> --version`
     build_seconds: float = 0.0
     notes: tuple[str, ...] = field(default=())
+    #: the Kconfig resolver's record: debug_info ("DWARF 5"/"DWARF 4"/...), btf, choices, added, dropped
+    kconfig: dict = field(default_factory=dict)
+    ccache: bool = False
+    reused_config: bool = False  # an existing build directory's .config was kept (incremental rebuild)
 
     @property
     def artefacts(self) -> dict[str, Path]:
@@ -226,6 +242,14 @@ def load_build(out: os.PathLike | str) -> Optional[BuiltKernel]:
         return None
     if not (k.source_dir / "Makefile").is_file():  # e.g. a patched copy removed from the cache
         return None
+    if not k.kconfig:  # built before the Kconfig resolver: what its .config says
+        try:
+            cfg = _parse_config(k.config_path.read_text(errors="replace"))
+        except OSError:
+            cfg = {}
+        di = debug_info_of(cfg)
+        k = dataclasses.replace(k, kconfig={"debug_info": di, "btf": k.btf, "choices": [
+            f"debug info: {di or 'none'}", f"BTF: {'yes' if k.btf else 'no'}"], "added": {}, "dropped": []})
     return k
 
 
@@ -714,11 +738,15 @@ def _btf_failure(lines: Sequence[str]) -> bool:
 
 
 def _configure(run: _Runner, tree: Path, out: Path, make: list[str], config: str,
-               config_file: Optional[Path], btf: bool) -> None:
+               config_file: Optional[Path], btf: bool, btf_unavailable: str = "") -> dict:
+    """Base config (tinyconfig / defconfig / FILE), resolved against the tree's Kconfig, olddefconfig.
+
+    Returns the record of the resolver's choices (``BuiltKernel.kconfig``).
+    """
+    from scopecheck.kernels import kconfig as kc
+
     frag_src = fragment_text("pkvm-tiny" if config == "pkvm-tiny" else "overlay")
-    frag = frag_src if btf else _strip_btf(frag_src)
     frag_path = out / "scopecheck.fragment.config"
-    frag_path.write_text(frag)
     if config == "pkvm-tiny":
         run.run("config: make tinyconfig", make + ["tinyconfig"], tree)
     elif config == "defconfig":
@@ -727,13 +755,31 @@ def _configure(run: _Runner, tree: Path, out: Path, make: list[str], config: str
         assert config_file is not None
         shutil.copyfile(config_file, out / ".config")
         run.note(f"copied {config_file} to {out / '.config'}")
+
+    if run.progress:
+        run.progress("config: resolving against the tree's Kconfig", None, None)
+    make_vars = [a for a in make[1:] if "=" in a and not a.startswith("O=")]
+    try:
+        kconf = kc.load_kconfig(tree, kc.kbuild_env(tree, make_vars, run.env))
+        res = kc.resolve(kconf, out / ".config", kc.intents_from_fragment(frag_src),
+                         debug="prefer-dwarf5" if config in CONFIG_NAMES else "any",
+                         btf=btf, btf_unavailable=btf_unavailable)
+    except kc.Unresolvable as e:
+        run.note(str(e))
+        raise ConfigNotApplied(f"config {config}: {e}", e.missing) from None
+    for c in res.choices:
+        run.note(f"kconfig: {c}")
+    frag_path.write_text(res.fragment_text())
     run.run("config: merge fragment",
             ["sh", str(tree / "scripts/kconfig/merge_config.sh"), "-m", "-O", str(out),
              str(out / ".config"), str(frag_path)], tree)
     run.run("config: make olddefconfig", make + ["olddefconfig"], tree)
 
-    requested = _parse_config(frag)
     final = _parse_config((out / ".config").read_text(errors="replace"))
+    mismatches = kc.verify(res, final)
+    for m in mismatches:
+        run.note(f"kconfig: resolver and olddefconfig disagree: {m}")
+    requested = {f"CONFIG_{n}": v for n, v in res.assignments.items() if v in ("y", "n", "m")}
     for opt in ALWAYS_REQUIRED:
         requested.setdefault(opt, "y")
     optional = {o: requested.pop(o) for o in BTF_OPTIONS if o in requested}
@@ -746,8 +792,75 @@ def _configure(run: _Runner, tree: Path, out: Path, make: list[str], config: str
             f"(unmet Kconfig dependencies?): {'; '.join(bad)}",
             [b.split()[0] for b in bad],
         )
-    if btf and _unapplied(optional, final):
+    if res.btf and _unapplied(optional, final):
         raise _NoBTF("BTF disabled: " + "; ".join(_unapplied(optional, final)) + " after olddefconfig")
+    rec = res.to_json()
+    rec["debug_info"] = debug_info_of(final) or rec["debug_info"]
+    rec["btf"] = final.get("CONFIG_DEBUG_INFO_BTF") == "y"
+    rec["olddefconfig_disagrees"] = mismatches
+    return rec
+
+
+def debug_info_of(cfg: dict[str, str]) -> str:
+    """The debug info a ``.config`` builds: "DWARF 5", "DWARF 4", "toolchain default" or "" (none)."""
+    if cfg.get("CONFIG_DEBUG_INFO") != "y":
+        return ""
+    if cfg.get("CONFIG_DEBUG_INFO_DWARF5") == "y":
+        return "DWARF 5"
+    if cfg.get("CONFIG_DEBUG_INFO_DWARF4") == "y":
+        return "DWARF 4"
+    return "toolchain default"
+
+
+def _previous_build(out: Path) -> Optional[dict]:
+    """The stamp of a completed build already in ``out`` (for incremental rebuilds), if any."""
+    try:
+        d = json.loads((out / STAMP).read_text())
+    except (OSError, ValueError):
+        return None
+    return d if isinstance(d, dict) and d.get("stamp_format") == STAMP_FORMAT else None
+
+
+def _ccache_masquerade(llvm: bool) -> Path:
+    """A directory whose ``aarch64-linux-gnu-gcc`` / ``clang`` are links to ccache, for the front of PATH.
+
+    ccache in masquerade mode runs the real compiler found further down PATH. Unlike
+    ``CC="ccache gcc"`` this leaves kbuild's command lines (``.cmd`` files,
+    ``compile_commands.json``) exactly as without ccache, so turning ccache on or off never
+    makes ``make`` rebuild everything, and the source door sees the compiler as usual.
+    """
+    real = Path(_need("ccache", "ccache")).resolve()
+    d = cache_dir("ccache-bin")
+    d.mkdir(parents=True, exist_ok=True)
+    for name in ("clang",) if llvm else (CROSS_GCC,):
+        link = d / name
+        try:
+            if link.is_symlink() and Path(os.readlink(link)) == real:
+                continue
+            tmp = d / f".{name}.{os.getpid()}"
+            tmp.unlink(missing_ok=True)
+            tmp.symlink_to(real)
+            os.replace(tmp, link)
+        except OSError as e:
+            raise ScopecheckError(f"cannot set up ccache in {d}: {e.strerror}") from None
+    return d
+
+
+def _config_fingerprint(tree: Path, config: str, config_file: Optional[Path], make_vars: Sequence[str],
+                        toolchain: str, btf: Optional[bool]) -> str:
+    """What the ``.config`` of a build depends on (not the tree's file contents: hyp edits keep it)."""
+    parts = [f"recipe{RECIPE_VERSION}", str(tree.resolve()), config, toolchain, str(btf),
+             " ".join(make_vars), fragment_text("pkvm-tiny" if config == "pkvm-tiny" else "overlay"),
+             str(pahole_version())]
+    for rel in ("Makefile", "arch/arm64/Kconfig", "lib/Kconfig.debug", "arch/arm64/kvm/Kconfig"):
+        try:
+            st = (tree / rel).stat()
+            parts.append(f"{rel}:{st.st_size}:{st.st_mtime_ns}")
+        except OSError:
+            parts.append(f"{rel}:-")
+    if config_file is not None:
+        parts.append(hashlib.sha256(config_file.read_bytes()).hexdigest())
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:20]
 
 
 class _NoBTF(Exception):
@@ -764,12 +877,19 @@ def build_kernel(
     progress: Optional[Progress] = None,
     *,
     btf: Optional[bool] = None,
+    ccache: Optional[bool] = None,
 ) -> BuiltKernel:
     """Cross-build arm64 ``vmlinux``, ``Image``, ``kvm_nvhe.o`` and ``compile_commands.json`` into ``out``.
 
-    ``config``: "pkvm-tiny", "defconfig" or the path of a complete ``.config``.
+    ``config``: "pkvm-tiny", "defconfig" or the path of a complete ``.config``,
+    resolved against the tree's own Kconfig (:mod:`scopecheck.kernels.kconfig`).
     ``btf``: None = when pahole is new enough (falling back without BTF if it
     fails to build); False = never.
+    ``ccache``: None = use ``ccache`` when installed (through a masquerade
+    directory on PATH, so kbuild's command lines are the same either way);
+    True/False = force.
+    When ``out`` holds a completed build of the same tree, config and toolchain,
+    its ``.config`` is kept and ``make`` rebuilds only what changed.
     Raises :class:`ScopecheckError` subclasses (InputError, ToolMissing,
     PatchFailed, ConfigNotApplied, BuildFailed) with one-line messages.
     """
@@ -798,6 +918,14 @@ def build_kernel(
         if out == t or t in out.parents:
             raise InputError(f"--out {out}: inside the source tree {t}; scopecheck never writes into it")
     out.mkdir(parents=True, exist_ok=True)
+    previous = _previous_build(out)
+    if ccache is None:
+        ccache = shutil.which("ccache") is not None
+    elif ccache:
+        _need("ccache", "ccache")
+    fingerprint = _config_fingerprint(tree, config, config_file, make_vars, toolchain, btf)
+    reuse_config = (previous is not None and previous.get("config_fingerprint") == fingerprint
+                    and (out / ".config").is_file() and bool(previous.get("kconfig")))
     (out / STAMP).unlink(missing_ok=True)
     log = out / LOG
     log.write_text("")
@@ -815,25 +943,36 @@ def build_kernel(
     env.pop("GCC_COLORS", None)
     for v in ("ARCH", "CROSS_COMPILE", "LLVM", "O", "KBUILD_OUTPUT", "CC", "KCONFIG_CONFIG"):
         env.pop(v, None)
+    if ccache:
+        env["PATH"] = f"{_ccache_masquerade(llvm)}{os.pathsep}{env.get('PATH', '')}"
     make = ["make", "-C", str(tree), f"O={out}", *make_vars]
     run = _Runner(log, env, progress)
     try:
         run.note(f"source {source.given} -> tree {tree} (linux {source.version}); config {config}; "
-                 f"patches {[str(p) for p in patches]}; toolchain {toolchain}; jobs {jobs}")
+                 f"patches {[str(p) for p in patches]}; toolchain {toolchain}; jobs {jobs}; "
+                 f"ccache {'yes' if ccache else 'no'}")
         for n in notes:
             run.note(n)
+        kconfig_rec: dict = dict(previous.get("kconfig") or {}) if reuse_config and previous else {}
+        if reuse_config:
+            run.note(f"config: keeping {out / '.config'} of the previous build (same tree, config and toolchain)")
+            if progress:
+                progress("config: kept from the previous build", None, None)
         while True:
-            try:
-                _configure(run, tree, out, make, config, config_file, want_btf)
-            except _NoBTF as e:
-                notes.append(str(e))
-                run.note(str(e))
-                want_btf = False
-                continue
+            if not reuse_config:
+                try:
+                    kconfig_rec = _configure(run, tree, out, make, config, config_file, want_btf,
+                                             notes[0] if notes else "")
+                except _NoBTF as e:
+                    notes.append(str(e))
+                    run.note(str(e))
+                    want_btf = False
+                    continue
             rc, lines = run.run("build", make + [f"-j{jobs}", "vmlinux", "Image"], tree, check=False)
             if rc == 0:
                 break
-            if want_btf and _btf_failure(lines):
+            if want_btf and _btf_failure(lines) and (not reuse_config or kconfig_rec.get("btf")):
+                reuse_config = False
                 msg = f"BTF disabled: generating BTF failed ({first_error(lines) or 'see the log'}); rebuilt without it"
                 notes.append(msg)
                 run.note(msg)
@@ -877,11 +1016,15 @@ def build_kernel(
         toolchain=toolchain,
         build_seconds=round(time.monotonic() - t0, 1),
         notes=tuple(notes),
+        kconfig=kconfig_rec,
+        ccache=bool(ccache),
+        reused_config=reuse_config,
     )
     missing = [f"{name} ({path})" for name, path in k.artefacts.items() if not path.exists()]
     if missing:
         raise BuildFailed(f"kernel build finished but did not produce {', '.join(missing)} (full log: {log})", log=log)
-    atomic_write_text(out / STAMP, json.dumps({**k.to_json(), "stamp_format": STAMP_FORMAT}, indent=2) + "\n")
+    atomic_write_text(out / STAMP, json.dumps({**k.to_json(), "stamp_format": STAMP_FORMAT,
+                                               "config_fingerprint": fingerprint}, indent=2) + "\n")
     if progress:
         progress(f"built linux {source.version} in {k.build_seconds:.0f} s", None, None)
     return k
@@ -919,6 +1062,7 @@ def cached_build(
     jobs: Optional[int] = None,
     llvm: bool = False,
     progress: Optional[Progress] = None,
+    ccache: Optional[bool] = None,
 ) -> BuiltKernel:
     """:func:`build_kernel` into ``cache_dir("builds")/<key>``, reusing a completed build.
 
@@ -936,7 +1080,8 @@ def cached_build(
         done = load_build(out)
         if done is not None:
             return done
-        return build_kernel(src, out, config=config, jobs=jobs, patches=patches, llvm=llvm, progress=progress)
+        return build_kernel(src, out, config=config, jobs=jobs, patches=patches, llvm=llvm, progress=progress,
+                            ccache=ccache)
 
 
 # --------------------------------------------------------------------------- CLI helper
@@ -970,3 +1115,11 @@ def print_result(k: BuiltKernel, as_json: bool) -> None:
         print(f"{name}: {path}")
     for n in k.notes:
         print(f"scopecheck: note: {n}", file=sys.stderr)
+
+
+def print_choices(k: BuiltKernel) -> None:
+    """The Kconfig resolver's choices on stderr (``debug info: DWARF 5``, added dependencies, ...)."""
+    for c in k.kconfig.get("choices", ()):
+        print(f"scopecheck: {c}", file=sys.stderr)
+    for m in k.kconfig.get("olddefconfig_disagrees", ()):
+        print(f"scopecheck: note: the Kconfig resolver predicted otherwise: {m}", file=sys.stderr)
