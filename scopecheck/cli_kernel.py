@@ -251,7 +251,17 @@ def build_cmd(
         typer.Option(
             "--patch",
             help="Patch (-p1) applied to a copy of SRC before building; repeatable, applied in order. "
-            "SRC itself is never modified.",
+            "A git format-patch file, a mail saved from a list (quoted-printable/base64 bodies are "
+            "decoded) or a plain diff. Applied exactly (no fuzz); one that does not apply names its first "
+            "failing hunk. SRC itself is never modified.",
+        ),
+    ] = None,
+    mbox: Annotated[
+        Optional[_Path],
+        typer.Option(
+            "--mbox", metavar="FILE", show_default=False,
+            help="An mbox of a posted series: its patches are applied after any --patch, in the order of "
+            "their [PATCH n/m] numbers (cover letter 0/m and replies skipped; a missing number is an error).",
         ),
     ] = None,
     llvm: Annotated[
@@ -274,6 +284,9 @@ def build_cmd(
     """
     from scopecheck.kernels.build import StderrBuildProgress, build_kernel, cached_build, print_result
 
+    from scopecheck.kernels.patches import build_patch_files
+
+    patch = build_patch_files(patch or (), mbox) if (patch or mbox) else patch
     with StderrBuildProgress(quiet) as progress:
         if out is None:
             k = cached_build(src, config, patch or (), jobs=jobs, llvm=llvm, progress=progress)
