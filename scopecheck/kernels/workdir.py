@@ -76,6 +76,13 @@ class StepBuild:
     compiled: list[str] = field(default_factory=list)  # kbuild "CC ..." targets rebuilt
 
 
+def _same_content(a: Path, b: Path) -> bool:
+    try:
+        return a.stat().st_size == b.stat().st_size and a.read_bytes() == b.read_bytes()
+    except OSError:
+        return False
+
+
 class Workdir:
     def __init__(self, root: Path, source, config: str, llvm: bool, jobs: Optional[int], progress=None):
         self.root = root
@@ -143,6 +150,8 @@ class Workdir:
         for rel in dirty:
             src, dst = self.source.dir / rel, self.tree / rel
             if src.is_file():
+                if dst.is_file() and not dst.is_symlink() and _same_content(src, dst):
+                    continue  # untouched mtime: make rebuilds it only if it is newer than its objects
                 dst.parent.mkdir(parents=True, exist_ok=True)
                 if dst.is_symlink() or dst.is_dir():
                     shutil.rmtree(dst) if dst.is_dir() and not dst.is_symlink() else dst.unlink()
