@@ -286,3 +286,65 @@ def test_materialize_is_content_addressed(repo, tmp_path):
     p = read_patch(f)
     a, b = materialize(p, tmp_path / "m"), materialize(read_patch(f), tmp_path / "m")
     assert a == b and read_patch(a).diff == p.diff and read_patch(a).subject == p.subject
+
+
+# ---------------------------------------------------------------- the series work tree (no build)
+
+def test_workdir_reset_restores_only_what_patches_changed(repo, tmp_path):
+    """Apply a series to the work copy, reset: changed files come back with a new mtime, others keep theirs."""
+    import os
+    import time
+
+    from scopecheck.kernels.build import SourceTree
+    from scopecheck.kernels.workdir import Workdir
+
+    src = _pristine(repo, tmp_path / "src")
+    source = SourceTree(dir=src, identity="test", version="0", given="src")
+    wd = Workdir(tmp_path / "wd", source, "pkvm-tiny", False, 1)
+    assert wd.reset() == []
+    readme_mtime = os.stat(wd.tree / "README").st_mtime_ns
+    hello_mtime = os.stat(wd.tree / "src/hello.c").st_mtime_ns
+    assert hello_mtime == os.stat(src / "src/hello.c").st_mtime_ns  # the copy keeps mtimes
+    files = _format_patch(repo, tmp_path / "out")
+    new_file = tmp_path / "new.patch"
+    new_file.write_text("--- /dev/null\n+++ b/src/new.c\n@@ -0,0 +1 @@\n+int n;\n")
+    time.sleep(0.01)
+    for f in (files[0], files[1], new_file):
+        wd.apply(read_patch(f))
+    assert (wd.tree / "src/new.c").is_file() and "x * 9" in (wd.tree / "src/hello.c").read_text()
+    restored = wd.reset()
+    assert restored == ["src/hello.c", "src/new.c"]
+    assert not (wd.tree / "src/new.c").exists()
+    assert (wd.tree / "src/hello.c").read_text() == (src / "src/hello.c").read_text()
+    assert os.stat(wd.tree / "src/hello.c").st_mtime_ns > hello_mtime  # make will rebuild it
+    assert os.stat(wd.tree / "README").st_mtime_ns == readme_mtime  # untouched: not rebuilt
+    # a patch that fails changes nothing, and a reset after it has nothing to restore
+    with pytest.raises(PatchFailed):
+        wd.apply(read_patch(files[1]).__class__(**{**read_patch(files[1]).__dict__,
+                                                   "diff": read_patch(files[1]).diff.replace(" int f9", " int g9")}))
+    assert wd.reset() == ["src/hello.c"] and (wd.tree / "src/hello.c").read_text() == (src / "src/hello.c").read_text()
+    assert os.stat(wd.tree / "src/hello.c").st_mtime_ns > hello_mtime
+
+
+def test_range_series(repo, tmp_path, monkeypatch):
+    from scopecheck.series import range_series
+
+    monkeypatch.setenv("SCOPECHECK_CACHE", str(tmp_path / "cache"))
+    base, patches, notes = range_series(repo, "base..main")
+    assert [p.subject for p in patches] == ["hello: f3 adds 33 (caf\u00e9 na\u00efve \u00fcber)",
+                                            "hello: f9 multiplies", "README: a second line"]
+    assert [p.number for p in patches] == [1, 2, 3] and notes == []
+    assert base != repo and (base / "README").read_text() == "readme\n"  # HEAD is main: base is exported
+    tree = tmp_path / "t"
+    shutil.copytree(base, tree)
+    for p in patches:
+        apply_patch(p, tree)
+    assert (tree / "src/hello.c").read_text() == (repo / "src/hello.c").read_text()
+    _git(repo, "checkout", "-q", "base")
+    assert range_series(repo, "base..main")[0] == repo  # checked out clean at A: SRC itself
+    with pytest.raises(InputError, match="unknown revision"):
+        range_series(repo, "base..nope")
+    with pytest.raises(InputError, match="expected A..B"):
+        range_series(repo, "base")
+    with pytest.raises(InputError, match="no commits"):
+        range_series(repo, "main..base")

@@ -118,10 +118,11 @@ class Workdir:
     def ensure_tree(self) -> None:
         """Copy SRC into ``tree`` (mtimes kept) unless a complete copy is there."""
         st = self._state()
-        if st.get("tree_complete") and (self.tree / "Makefile").is_file():
+        if st.get("tree_complete") and self.tree.is_dir():
             return
         shutil.rmtree(self.tree, ignore_errors=True)
         shutil.rmtree(self.build_dir, ignore_errors=True)
+        self.root.mkdir(parents=True, exist_ok=True)
         tmp = self.root / f".tree.tmp-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
         self._say(f"copying {self.source.given} into the series work tree")
