@@ -116,12 +116,12 @@ def as_mbox(patches: list[Path], dest: Path, seed: int = 14) -> Path:
     return dest
 
 
-def bad_apply(tree: Path, dest: Path, nonce: str = "") -> Path:
+def bad_apply(tree: Path, dest: Path, nonce: str = "", n: int = 2, total: int = 3) -> Path:
     """A patch whose context line is not in switch.c (the hunk cannot apply)."""
     st = _states(tree, nonce)
     wrong = st["harmless"].replace("\tu64 exit_code;\n", "\tu64 exit_code; /* not in the tree */\n", 1)
     diff = _diff(SWITCH_C, wrong, _insert_after(wrong, LEAK, anchor=r"^\tu64 exit_code; /\* not in the tree \*/$"))
-    dest.write_text(_mail(2, 3, "KVM: arm64: nVHE: a patch against another tree", "Does not apply.", diff,
+    dest.write_text(_mail(n, total, "KVM: arm64: nVHE: a patch against another tree", "Does not apply.", diff,
                           "b" * 40))
     return dest
 
