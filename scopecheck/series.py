@@ -70,33 +70,27 @@ class Snapshot:
     mode: str
 
 
-def _narrowable(proof) -> tuple[Optional[set], Optional[str]]:
-    """Functions ``scopecheck narrow`` finds narrowable, or (None, why not)."""
+def _narrowable(proof, use_cache: bool = True) -> tuple[Optional[set], Optional[str]]:
+    """Functions ``scopecheck narrow`` says could take a narrower type than kvm_vcpu, or (None, why not).
+
+    Keyed ``function (file)``: static functions of one name in two files stay apart.
+    """
     try:
-        import scopecheck.narrow as nw  # noqa: F401  (built separately; optional here)
+        from scopecheck.narrow import narrow  # built separately; optional here
     except ImportError:
         return None, "scopecheck narrow is not available in this installation"
-    for name in ("narrow_from_proof", "from_proof", "narrow"):
-        fn = getattr(nw, name, None)
-        if not callable(fn):
-            continue
-        try:
-            res = fn(proof)
-        except Exception as e:  # an API this code does not know: say so instead of guessing
-            return None, f"scopecheck narrow could not be run on the proof ({type(e).__name__}: {e})"
-        funcs = getattr(res, "functions", None)
-        if funcs is None and isinstance(res, dict):
-            funcs = res.get("functions")
-        if funcs is None:
-            break
-        out = set()
-        for f in funcs:
-            d = f if isinstance(f, dict) else getattr(f, "__dict__", {}) or {
-                k: getattr(f, k, None) for k in ("function", "can_take")}
-            if d.get("can_take"):
-                out.add(str(d.get("function")))
-        return out, None
-    return None, "scopecheck narrow has no entry point this version of series knows"
+    try:
+        res = narrow(proof=proof, use_cache=use_cache)
+    except ScopecheckError as e:
+        return None, f"narrow: {e}"
+    except TypeError as e:  # an older or newer narrow() this code does not know
+        return None, f"scopecheck narrow has another interface ({e})"
+    out = set()
+    for f in getattr(res, "functions", None) or []:
+        get = f.get if isinstance(f, dict) else (lambda k, _f=f: getattr(_f, k, None))
+        if get("can_take"):
+            out.add(f"{get('function')} ({get('file')})")
+    return out, None
 
 
 def analyse(build_dir: Path, query: str, *, use_cache: bool = True, progress=None) -> Snapshot:
@@ -118,7 +112,7 @@ def analyse(build_dir: Path, query: str, *, use_cache: bool = True, progress=Non
     h = data.headline
     leaks = {l.fingerprint: l.to_dict() for l in proof.leaks}
     fp = {k: {"bytes": e.get("size"), "access": e.get("access")} for k, e in proof.footprint.items()}
-    narrowable, note = _narrowable(proof)
+    narrowable, note = _narrowable(proof, use_cache)
     return Snapshot(leaks=leaks, footprint=fp, sizes={n: lay.size for n, lay in size.layouts.items()},
                     touched_bytes=h.get("touched_bytes"), leak_bytes=h.get("leak_bytes"), narrowable=narrowable,
                     narrow_note=note, tus_parsed=STATS["parsed"] - parsed0, tus_cached=STATS["cache_hits"] - hits0,
