@@ -57,7 +57,8 @@ class SeriesFailed(ScopecheckError):
 class Snapshot:
     """The analysis of one state of the tree (the base, or the tree after a patch)."""
 
-    leaks: dict  # fingerprint -> leak dict (Leak.to_dict())
+    leaks: dict  # fingerprint -> leak dict (Leak.to_dict()); one per function, file, field and kind
+    leak_count: int  # leaks as callgraph counts them (one per access site)
     footprint: dict  # "root:path" -> {"bytes", "access"}
     sizes: dict  # struct -> bytes
     touched_bytes: Optional[int]
@@ -113,7 +114,7 @@ def analyse(build_dir: Path, query: str, *, use_cache: bool = True, progress=Non
     leaks = {l.fingerprint: l.to_dict() for l in proof.leaks}
     fp = {k: {"bytes": e.get("size"), "access": e.get("access")} for k, e in proof.footprint.items()}
     narrowable, note = _narrowable(proof, use_cache)
-    return Snapshot(leaks=leaks, footprint=fp, sizes={n: lay.size for n, lay in size.layouts.items()},
+    return Snapshot(leaks=leaks, leak_count=len(proof.leaks), footprint=fp, sizes={n: lay.size for n, lay in size.layouts.items()},
                     touched_bytes=h.get("touched_bytes"), leak_bytes=h.get("leak_bytes"), narrowable=narrowable,
                     narrow_note=note, tus_parsed=STATS["parsed"] - parsed0, tus_cached=STATS["cache_hits"] - hits0,
                     history_row=row_from(data), mode=proof.mode)

@@ -123,7 +123,7 @@ def test_text_table_and_out_dir(files_run, tarball, leak_patches):
     assert "look at the vcpu id" in html and "first regression: step 2" in html
     assert (out / "series-trend.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     svg = (out / "series-trend.svg").read_text()
-    assert "base" in svg and "look at the vcpu id" in svg
+    assert "base" in svg and "2: KVM: arm64: nVHE: look at" in svg
     from scopecheck.history import runs
 
     rows = runs(out / "history.sqlite")

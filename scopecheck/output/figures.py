@@ -380,7 +380,8 @@ def series_trend(steps: list[dict]):
                 bottom.axvspan(i - 0.4, i + 0.4, color="#cccccc", alpha=0.5, linewidth=0)
         bottom.set_ylabel("leaks")
         bottom.set_ylim(0, max(lk + [1]) * 1.3)
-        labels = [_short(s.get("label", str(i)), 28) for i, s in enumerate(steps)]
+        labels = [(lab if len(lab) <= 34 else lab[:33] + "\u2026") for lab in
+                  (s.get("label", str(i)) for i, s in enumerate(steps))]
         bottom.set_xticks(x, labels, rotation=25 if len(steps) > 3 else 0, ha="right" if len(steps) > 3 else "center")
         for ax in (top, bottom):
             ax.spines[["top", "right"]].set_visible(False)

@@ -34,7 +34,7 @@ def step_dict(s: Step) -> dict:
         "tus_parsed": st.tus_parsed if st else None,
         "sizes": dict(st.sizes) if st else None,
         "size_change": s.size_change(),
-        "leaks": len(st.leaks) if st else None,
+        "leaks": st.leak_count if st else None,
         "new_leaks": [_leak_brief(l) for l in s.new_leaks],
         "removed_leaks": [_leak_brief(l) for l in s.removed_leaks],
         "fields_touched": len(st.footprint) if st else None,
@@ -148,8 +148,8 @@ def _trend_rows(r: SeriesResult) -> list[dict]:
     for s in r.steps:
         d = step_dict(s)
         st = s.state or last
-        rows.append({"label": "base" if s.index == 0 else f"{s.index} {s.patch.subject}",
-                     "status": s.status, "leaks": len(st.leaks) if st else None,
+        rows.append({"label": "base" if s.index == 0 else f"{s.index}: {s.patch.subject}",
+                     "status": s.status, "leaks": st.leak_count if st else None,
                      "new_leaks": d.get("new_leaks") or [],
                      "touched_bytes": st.touched_bytes if st else None, "leak_bytes": st.leak_bytes if st else None,
                      "kvm_vcpu": st.sizes.get("kvm_vcpu") if st else None,
