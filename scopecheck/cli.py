@@ -263,6 +263,15 @@ def _add_subapps() -> None:
 _add_subapps()
 
 
+def _add_series() -> None:
+    from scopecheck.cli_series import series_cmd
+
+    app.command("series")(series_cmd)
+
+
+_add_series()
+
+
 def main() -> None:
     try:
         app()

@@ -252,7 +252,17 @@ def build_cmd(
         typer.Option(
             "--patch",
             help="Patch (-p1) applied to a copy of SRC before building; repeatable, applied in order. "
-            "SRC itself is never modified.",
+            "A git format-patch file, a mail saved from a list (quoted-printable/base64 bodies are "
+            "decoded) or a plain diff. Applied exactly (no fuzz); one that does not apply names its first "
+            "failing hunk. SRC itself is never modified.",
+        ),
+    ] = None,
+    mbox: Annotated[
+        Optional[_Path],
+        typer.Option(
+            "--mbox", metavar="FILE", show_default=False,
+            help="An mbox of a posted series: its patches are applied after any --patch, in the order of "
+            "their [PATCH n/m] numbers (cover letter 0/m and replies skipped; a missing number is an error).",
         ),
     ] = None,
     llvm: Annotated[
@@ -289,6 +299,9 @@ def build_cmd(
         check_input_file(config, what="kernel .config (--config)", max_bytes=64 << 20)
     for p in patch or ():
         check_input_file(p, what="patch (--patch)", max_bytes=256 << 20)
+    from scopecheck.kernels.patches import build_patch_files
+
+    patch = build_patch_files(patch or (), mbox) if (patch or mbox) else patch
     with StderrBuildProgress(quiet) as progress:
         if out is None:
             k = cached_build(src, config, patch or (), jobs=jobs, llvm=llvm, progress=progress,

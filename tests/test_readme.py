@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
 BLOCK = re.compile(r"<!-- readme-test: ([\w-]+) -->\n```console\n(.*?)```\n", re.S)
 COMMANDS = [["size"], ["callgraph"], ["derive"], ["boot"], ["report"], ["diff"], ["kernel", "fetch"],
-            ["kernel", "list"], ["kernel", "build"]]
+            ["kernel", "list"], ["kernel", "build"], ["series"]]
 
 
 def _env() -> dict:

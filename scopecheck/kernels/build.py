@@ -476,7 +476,13 @@ def _apply_patch(f: Path, tree: Path, given: str, dry_run_only: bool = False) ->
     if r.returncode == 0 and not dry_run_only:
         r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     if r.returncode != 0:
-        raise PatchFailed(f"patch {f} does not apply to {given}: {_patch_failure_line(r.stdout + r.stderr)}")
+        try:  # name the first failing hunk (file and @@ header)
+            from scopecheck.kernels.patches import describe_failure, read_patch
+
+            msg = describe_failure(read_patch(f), given, r.stdout + r.stderr)
+        except ScopecheckError:
+            msg = f"patch {f} does not apply to {given}: {_patch_failure_line(r.stdout + r.stderr)}"
+        raise PatchFailed(msg)
 
 
 def prepare_tree(source: SourceTree, patches: Sequence[os.PathLike | str],
@@ -878,6 +884,7 @@ def build_kernel(
     *,
     btf: Optional[bool] = None,
     ccache: Optional[bool] = None,
+    extra_make_vars: Sequence[str] = (),
 ) -> BuiltKernel:
     """Cross-build arm64 ``vmlinux``, ``Image``, ``kvm_nvhe.o`` and ``compile_commands.json`` into ``out``.
 
@@ -890,6 +897,8 @@ def build_kernel(
     True/False = force.
     When ``out`` holds a completed build of the same tree, config and toolchain,
     its ``.config`` is kept and ``make`` rebuilds only what changed.
+    ``extra_make_vars``: more ``VAR=value`` arguments for every make call
+    (``scopecheck series`` passes ``CC=ccache aarch64-linux-gnu-gcc``).
     Raises :class:`ScopecheckError` subclasses (InputError, ToolMissing,
     PatchFailed, ConfigNotApplied, BuildFailed) with one-line messages.
     """
@@ -945,7 +954,7 @@ def build_kernel(
         env.pop(v, None)
     if ccache:
         env["PATH"] = f"{_ccache_masquerade(llvm)}{os.pathsep}{env.get('PATH', '')}"
-    make = ["make", "-C", str(tree), f"O={out}", *make_vars]
+    make = ["make", "-C", str(tree), f"O={out}", *make_vars, *extra_make_vars]
     run = _Runner(log, env, progress)
     try:
         run.note(f"source {source.given} -> tree {tree} (linux {source.version}); config {config}; "

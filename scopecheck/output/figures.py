@@ -339,3 +339,50 @@ def trend(runs: list[dict]):
     bottom.spines[["top", "right"]].set_visible(False)
     top.spines[["top", "right"]].set_visible(False)
     return fig
+
+
+# ---------------------------------------------------------------- a patch series, step by step
+
+def series_trend(steps: list[dict]):
+    """``scopecheck series --out``: leaks, touched bytes and struct sizes after each patch.
+
+    ``steps``: dicts with "label" (x tick), "leaks", "new_leaks", "touched_bytes", "kvm_vcpu",
+    "kvm_cpu_context" and "status" ("ok" or a failure: drawn as a gap with a mark).
+    """
+    import matplotlib
+
+    with matplotlib.rc_context(RC):
+        x = list(range(len(steps)))
+        fig = _figure(max(9.0, 1.1 * len(steps) + 5), 7.4)
+        top, bottom = fig.subplots(2, 1, sharex=True, height_ratios=[3, 2])
+        nan = float("nan")
+        for key, name, col, mk in (("kvm_vcpu", "kvm_vcpu", C_VCPU, "o"),
+                                   ("kvm_cpu_context", "kvm_cpu_context", C_CTXT, "^"),
+                                   ("touched_bytes", "kvm_vcpu bytes hyp touches", C_TOUCHED, "v"),
+                                   ("leak_bytes", "leak bytes", C_LEAK, "x")):
+            ys = [s.get(key) for s in steps]
+            if all(v is None for v in ys):
+                continue
+            top.plot(x, [nan if v is None else v for v in ys], marker=mk, color=col, label=name, linewidth=2,
+                     markersize=7)
+        top.set_ylabel("bytes")
+        top.set_ylim(bottom=0)
+        top.grid(axis="y", alpha=0.3)
+        top.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+        top.set_title("the series, patch by patch", loc="left")
+        lk = [s.get("leaks") if s.get("leaks") is not None else 0 for s in steps]
+        new = [len(s.get("new_leaks") or []) for s in steps]
+        bars = bottom.bar(x, lk, width=0.55, color=[C_LEAK if n else C_CTXT for n in new], label="leaks")
+        bottom.bar_label(bars, labels=[(f"{v} (+{n})" if n else str(v)) if s.get("status") == "ok" else
+                                       s.get("status", "") for v, n, s in zip(lk, new, steps)], fontsize=10)
+        for i, s in enumerate(steps):
+            if s.get("status") != "ok":
+                bottom.axvspan(i - 0.4, i + 0.4, color="#cccccc", alpha=0.5, linewidth=0)
+        bottom.set_ylabel("leaks")
+        bottom.set_ylim(0, max(lk + [1]) * 1.3)
+        labels = [(lab if len(lab) <= 34 else lab[:33] + "\u2026") for lab in
+                  (s.get("label", str(i)) for i, s in enumerate(steps))]
+        bottom.set_xticks(x, labels, rotation=25 if len(steps) > 3 else 0, ha="right" if len(steps) > 3 else "center")
+        for ax in (top, bottom):
+            ax.spines[["top", "right"]].set_visible(False)
+        return _save(fig)

@@ -1,0 +1,247 @@
+"""One patched copy of a kernel tree and one build directory, rebuilt incrementally.
+
+``scopecheck series`` applies a series patch by patch to a copy of SRC and rebuilds
+after each patch. The copy and its build directory live in ``cache_dir("series")``,
+keyed by the source's identity, the config and the toolchain, and are kept: the first
+series on a source pays for one full build, every later step and every later series on
+the same source rebuilds only what its patches touch.
+
+::
+
+    from scopecheck.kernels.workdir import open_workdir
+    with open_workdir("linux-source-6.1.tar.xz", "pkvm-tiny") as wd:
+        wd.reset()                       # back to SRC (files earlier runs patched are restored)
+        k = wd.build()                   # full build the first time, incremental after
+        wd.apply(patch)                  # scopecheck.kernels.patches.Patch
+        k = wd.build()
+
+Reset: every file a patch is about to touch is first recorded in ``state.json``; a
+reset copies those files back from SRC (with a new mtime, so make rebuilds them) and
+deletes the ones SRC does not have. SRC itself is never written to.
+
+ccache: when the ``ccache`` program is present every compile goes through it
+(``kernel build``'s masquerade directory on PATH, so command lines are unchanged), with
+``CCACHE_DIR`` in ``cache_dir("ccache")`` unless set.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Optional, Sequence
+
+from scopecheck.errors import ScopecheckError
+from scopecheck.paths import atomic_write_text, cache_dir
+
+#: bump when the layout of a work directory changes
+WORKDIR_VERSION = 1
+STATE = "state.json"
+SERIES_LOG = "scopecheck-series.log"
+
+
+def ccache_vars(llvm: bool) -> list[str]:
+    """What identifies the ccache set-up in the work tree's key (``kernel build``'s masquerade
+    directory on PATH: kbuild's command lines stay those of a build without ccache)."""
+    return ["ccache"] if shutil.which("ccache") is not None else []
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ, LC_ALL="C", LANG="C", KBUILD_BUILD_USER="scopecheck",
+               KBUILD_BUILD_HOST="scopecheck")
+    env.pop("GCC_COLORS", None)
+    for v in ("ARCH", "CROSS_COMPILE", "LLVM", "O", "KBUILD_OUTPUT", "CC", "KCONFIG_CONFIG"):
+        env.pop(v, None)
+    env.setdefault("CCACHE_DIR", str(cache_dir("ccache")))
+    return env
+
+
+@dataclass
+class StepBuild:
+    """What one (re)build did."""
+
+    kernel: object  # BuiltKernel
+    seconds: float
+    full: bool  # a full build (configure + everything) rather than an incremental make
+    compiled: list[str] = field(default_factory=list)  # kbuild "CC ..." targets rebuilt
+
+
+def _same_content(a: Path, b: Path) -> bool:
+    try:
+        return a.stat().st_size == b.stat().st_size and a.read_bytes() == b.read_bytes()
+    except OSError:
+        return False
+
+
+class Workdir:
+    def __init__(self, root: Path, source, config: str, llvm: bool, jobs: Optional[int], progress=None):
+        self.root = root
+        self.tree = root / "tree"
+        self.build_dir = root / "build"
+        self.source = source  # scopecheck.kernels.build.SourceTree
+        self.config = config
+        self.llvm = llvm
+        self.jobs = jobs or os.cpu_count() or 1
+        self.progress = progress
+        self.cc_vars = ccache_vars(llvm)
+
+    # ------------------------------------------------------------ state
+
+    def _state(self) -> dict:
+        try:
+            d = json.loads((self.root / STATE).read_text())
+            if d.get("version") == WORKDIR_VERSION:
+                return d
+        except (OSError, ValueError):
+            pass
+        return {}
+
+    def _save_state(self, d: dict) -> None:
+        atomic_write_text(self.root / STATE, json.dumps({**d, "version": WORKDIR_VERSION}, indent=1) + "\n")
+
+    def _say(self, msg: str) -> None:
+        if self.progress:
+            self.progress(msg, None, None)
+
+    # ------------------------------------------------------------ the tree
+
+    def ensure_tree(self) -> None:
+        """Copy SRC into ``tree`` (mtimes kept) unless a complete copy is there."""
+        st = self._state()
+        if st.get("tree_complete") and self.tree.is_dir():
+            return
+        shutil.rmtree(self.tree, ignore_errors=True)
+        shutil.rmtree(self.build_dir, ignore_errors=True)
+        self.root.mkdir(parents=True, exist_ok=True)
+        tmp = self.root / f".tree.tmp-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        self._say(f"copying {self.source.given} into the series work tree")
+        src = self.source.dir
+        if (src / ".git").exists() and shutil.which("rsync"):
+            cmd = ["rsync", "-a", "--exclude=/.git", f"{src}/", f"{tmp}/"]
+        else:
+            cmd = ["cp", "-a", "--reflink=auto", str(src), str(tmp)]
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
+        if r.returncode != 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+            first = (r.stderr.strip().splitlines() or ["copy failed"])[0]
+            raise ScopecheckError(f"cannot copy {src} to {tmp}: {first}")
+        if (tmp / ".config").exists() or (tmp / "include" / "config").exists():
+            subprocess.run(["make", "-s", "-C", str(tmp), "ARCH=arm64", "mrproper"], capture_output=True,
+                           timeout=900)
+        os.replace(tmp, self.tree)
+        self._save_state({"tree_complete": True, "dirty": [], "source": self.source.given,
+                          "identity": self.source.identity})
+
+    def reset(self) -> list[str]:
+        """Make ``tree`` equal to SRC again; returns the files restored or removed."""
+        self.ensure_tree()
+        st = self._state()
+        dirty = sorted(set(st.get("dirty", [])))
+        for rel in dirty:
+            src, dst = self.source.dir / rel, self.tree / rel
+            if src.is_file():
+                if dst.is_file() and not dst.is_symlink() and _same_content(src, dst):
+                    continue  # untouched mtime: make rebuilds it only if it is newer than its objects
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                if dst.is_symlink() or dst.is_dir():
+                    shutil.rmtree(dst) if dst.is_dir() and not dst.is_symlink() else dst.unlink()
+                shutil.copy(src, dst)  # content and mode; the mtime is now, so make rebuilds it
+            elif dst.is_file() or dst.is_symlink():
+                dst.unlink()
+        st["dirty"] = []
+        self._save_state(st)
+        return dirty
+
+    def mark_dirty(self, files: Sequence[str]) -> None:
+        """Record files a patch is about to change (before changing them)."""
+        st = self._state()
+        st["dirty"] = sorted(set(st.get("dirty", [])) | set(files))
+        self._save_state(st)
+
+    def apply(self, patch) -> None:
+        """Apply a :class:`scopecheck.kernels.patches.Patch` to ``tree`` (PatchFailed if it does not)."""
+        from scopecheck.kernels.patches import apply_patch
+
+        self.mark_dirty(patch.all_paths)
+        apply_patch(patch, self.tree, self.source.given)
+
+    # ------------------------------------------------------------ building
+
+    def build(self, label: str = "build") -> StepBuild:
+        """A full build the first time (``kernel build``'s recipe), an incremental make after."""
+        from scopecheck.kernels.build import build_kernel, load_build
+
+        t0 = time.monotonic()
+        done = load_build(self.build_dir)
+        if done is None or Path(done.source_dir).resolve() != self.tree.resolve():
+            k = build_kernel(self.tree, self.build_dir, config=self.config, jobs=self.jobs, llvm=self.llvm,
+                             progress=self.progress)
+            return StepBuild(k, round(time.monotonic() - t0, 1), True)
+        compiled = self._make(label)
+        return StepBuild(done, round(time.monotonic() - t0, 1), False, compiled)
+
+    def _make(self, label: str) -> list[str]:
+        from scopecheck.kernels import build as kb
+
+        make_vars, _ = kb._toolchain(self.llvm)
+        log = self.build_dir / SERIES_LOG
+        env = _env()
+        if shutil.which("ccache") is not None:
+            env["PATH"] = f"{kb._ccache_masquerade(self.llvm)}{os.pathsep}{env.get('PATH', '')}"
+        run = kb._Runner(log, env, self.progress)
+        compiled: list[str] = []
+        try:
+            run.note(f"===== {label} ({time.strftime('%Y-%m-%d %H:%M:%S')})")
+            make = ["make", "-C", str(self.tree), f"O={self.build_dir}", *make_vars]
+            rc, lines = run.run(f"{label}: make", make + [f"-j{self.jobs}", "vmlinux", "Image"], self.tree,
+                                check=False)
+            if rc != 0:
+                run.fail(f"{label}: build", lines)
+            for line in lines:
+                m = kb._KBUILD_LINE.match(line)
+                if m and m.group(1) == "CC":
+                    compiled.append(m.group(2).strip())
+            script = self.tree / "scripts/clang-tools/gen_compile_commands.py"
+            run.run(f"{label}: compile_commands.json",
+                    [sys.executable, str(script), "-d", str(self.build_dir), "-o",
+                     str(self.build_dir / "compile_commands.json")], self.build_dir)
+        finally:
+            run.close()
+        return compiled
+
+
+def workdir_key(source, config: str, llvm: bool) -> str:
+    """SRC's identity, the config (fragment text or FILE contents), the toolchain, ccache."""
+    from scopecheck.kernels import build as kb
+
+    if config in kb.CONFIG_NAMES:
+        cfg = [config, kb.fragment_text(config if config == "pkvm-tiny" else "overlay")]
+    else:
+        cfg = ["file", hashlib.sha256(Path(config).read_bytes()).hexdigest(), kb.DEBUG_OVERLAY]
+    parts = [WORKDIR_VERSION, kb.RECIPE_VERSION, source.identity, cfg, kb._toolchain(llvm)[1],
+             list(kb.pahole_version() or ()), llvm, ccache_vars(llvm)]
+    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:20]
+
+
+@contextmanager
+def open_workdir(src, config: str = "pkvm-tiny", *, llvm: bool = False, jobs: Optional[int] = None,
+                 progress=None, source=None) -> Iterator[Workdir]:
+    """The series work directory of SRC (locked for the duration: one series at a time per source)."""
+    from scopecheck.kernels.build import _lock, resolve_source
+
+    source = source or resolve_source(src, progress)
+    key = workdir_key(source, config, llvm)
+    base = cache_dir("series")
+    name = f"linux-{source.version}-{key}"
+    root = base / name
+    root.mkdir(parents=True, exist_ok=True)
+    with _lock(base / ".locks" / f"{name}.lock"):
+        yield Workdir(root, source, config, llvm, jobs, progress)
