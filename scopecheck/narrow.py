@@ -74,6 +74,7 @@ class NarrowFunction:
     klass: str
     address_taken: bool = False
     inline: bool = False
+    static: bool = False
     callees: list = field(default_factory=list)  # keys of functions it hands the vcpu to
 
     def to_dict(self) -> dict:
@@ -94,6 +95,7 @@ class NarrowResult:
     plan: list[dict]
     totals: dict
     limitations: list[str]
+    source_root: str | None = None
 
     def by_name(self, name: str) -> list[NarrowFunction]:
         return [f for f in self.functions if f.function == name]
@@ -368,13 +370,14 @@ def _analyse(proof, src, types: list[NarrowType]) -> NarrowResult:
             key=key, function=key[0], file=key[1], line=key[2], params=[list(p) for p in sf.params],
             param=name, param_index=i, needs={p: [k[0] for k in needs[p][0]] for p in paths},
             can_take=can, blocked_by=blocked, klass=klass, address_taken=key in facts.address_taken,
-            inline=bool(sf.is_inline), callees=callees))
+            inline=bool(sf.is_inline), static=bool(sf.is_static), callees=callees))
     plan = _plan(out)
     totals = _totals(out, types)
     lims = list(LIMITATIONS)
     if not facts.args_known:
         lims.append(NO_ARGS_LIMIT)
-    return NarrowResult(proof.query, str(proof.inputs.elf), proof.mode, types, out, plan, totals, lims)
+    root = str(proof.inputs.source_root) if proof.inputs.source_root else None
+    return NarrowResult(proof.query, str(proof.inputs.elf), proof.mode, types, out, plan, totals, lims, root)
 
 
 def _plan(funcs: list[NarrowFunction]) -> list[dict]:
