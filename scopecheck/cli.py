@@ -240,6 +240,9 @@ def narrow(
     from scopecheck.narrow import narrow as _narrow
     from scopecheck.output import narrow as out
 
+    for f in (emit_cocci, output):
+        if f is not None and not f.parent.is_dir():
+            raise ScopecheckError(f"{f.parent}: no such directory")
     r = _prove(target, source, query, False, None, None, cache, quiet)
     n = _narrow(proof=r, use_cache=cache)
     if emit_cocci is not None:

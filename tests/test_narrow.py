@@ -1,0 +1,163 @@
+"""`scopecheck narrow`: classes, plan and Coccinelle patch on the mini hyp and on 6.1 pkvm-tiny.
+
+Expected classes live in the C (fixtures/mini_hyp/src/narrow.c): a ``/* narrow: CLASS [cocci]
+[blocked-by=FIELD] */`` comment on a function's definition line.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from conftest import FIXTURE_BUILD, ROOT, fixture_variants, run_cli
+from scopecheck.narrow import narrow
+from scopecheck.proof import prove
+
+SRC = ROOT / "fixtures" / "mini_hyp" / "src"
+VARIANTS = fixture_variants()
+MARK = re.compile(r"/\*\s*narrow:\s*(?P<klass>[\w+]+)(?P<props>(?:\s+[\w=.\[\]-]+)*)\s*\*/")
+needs_spatch = pytest.mark.skipif(shutil.which("spatch") is None, reason="needs spatch (Debian package coccinelle)")
+
+
+def narrow_markers() -> dict:
+    out = {}
+    for f in sorted(SRC.glob("*.[ch]")):
+        for n, line in enumerate(f.read_text().splitlines(), 1):
+            m = MARK.search(line)
+            if not m:
+                continue
+            name = re.search(r"(\w+)\s*\(", line).group(1)
+            props = m["props"].split()
+            out[name] = {"file": f.name, "line": n, "klass": m["klass"], "cocci": "cocci" in props,
+                         "blocked_by": [p[len("blocked-by="):] for p in props if p.startswith("blocked-by=")]}
+    return out
+
+
+@pytest.fixture(scope="module", params=VARIANTS)
+def fixture_narrow(request):
+    return request.param, narrow(FIXTURE_BUILD / request.param)
+
+
+def test_markers_present():
+    ms = narrow_markers()
+    classes = {m["klass"] for m in ms.values()}
+    assert {"kvm_cpu_context", "kvm_cpu_context+vcpu_hyp_state", "kvm_vcpu", "unused"} <= classes
+    assert any(m["cocci"] for m in ms.values())
+
+
+def test_fixture_classes_match_markers(fixture_narrow):
+    variant, n = fixture_narrow
+    ms = narrow_markers()
+    for name, m in ms.items():
+        fs = n.by_name(name)
+        assert len(fs) == 1, f"{variant}: {name} not among the kvm_vcpu functions"
+        f = fs[0]
+        assert Path(f.file).name == m["file"] and f.line == m["line"]
+        assert f.klass == m["klass"], f"{variant}: {name}: {f.klass} != {m['klass']} (needs {sorted(f.needs)})"
+        if m["klass"] == "kvm_cpu_context":
+            assert f.can_take == ["struct kvm_cpu_context *"]
+        elif m["klass"] == "kvm_cpu_context+vcpu_hyp_state":
+            assert f.can_take == ["struct kvm_cpu_context *", "struct vcpu_hyp_state *"]
+        else:
+            assert f.can_take == []
+        assert {b["field"] for b in f.blocked_by} == set(m["blocked_by"]), (name, f.blocked_by)
+    # blocked only through its callee: its own accesses are in scope, the chain names the callee
+    f = n.by_name("narrow_blocked_by_callee")[0]
+    b = f.blocked_by[0]
+    assert b["chain"] == ["narrow_blocked_by_callee", "narrow_blocked_leaf"] and b["line"]
+    own = [p for p, chain in f.needs.items() if chain == ["narrow_blocked_by_callee"]]
+    assert own and all(p.startswith("arch.ctxt") for p in own)
+    # the hand-off of &vcpu->arch.ctxt brings the callee's context field in, under arch.ctxt
+    assert "arch.ctxt.sys_regs[19]" in n.by_name("narrow_hands_ctxt")[0].needs  # PAR_EL1
+
+
+def test_fixture_plan_leaves_first(fixture_narrow):
+    _variant, n = fixture_narrow
+    step = {p["function"]: p["step"] for p in n.plan}
+    assert set(step) == {f.function for f in n.functions if f.can_take}
+    for p in n.plan:
+        for c in p["after"]:
+            assert step[c] < p["step"], (p, c)
+    assert step["narrow_leaf_ctxt"] < step["narrow_via_callee_ctxt"]
+    t = n.totals
+    assert t["functions"] == len(n.functions)
+    assert sum(t["classes"].values()) == t["functions"]
+    assert t["first_type_alone"] == t["classes"]["kvm_cpu_context"] >= 3
+
+
+def test_cli_json_schema():
+    r = run_cli("narrow", "--format", "json", str(FIXTURE_BUILD / "before-dwarf5"))
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout)
+    assert d["schema_version"] == 1 and d["command"] == "narrow"
+    assert set(d) >= {"functions", "plan", "totals", "limitations", "narrow_types"}
+    for f in d["functions"]:
+        assert set(f) >= {"function", "file", "line", "params", "needs", "can_take", "blocked_by"}
+        assert any("kvm_vcpu" in t for _n, t in f["params"])
+    assert d["narrow_types"]["struct kvm_cpu_context *"] == ["arch.ctxt"]
+    text = run_cli("narrow", str(FIXTURE_BUILD / "before-dwarf5")).stdout
+    assert "hyp functions take kvm_vcpu;" in text and "plan (" in text
+
+
+def test_bad_input(tmp_path):
+    q = tmp_path / "q.toml"
+    q.write_text('id = "no-narrow"\n[allow]\nkvm_vcpu = ["arch.ctxt"]\n')
+    r = run_cli("narrow", "--query", str(q), str(FIXTURE_BUILD / "before-dwarf5"))
+    assert r.returncode == 2 and "no [narrow] table" in r.stderr and "Traceback" not in r.stderr
+    assert r.stderr.count("\n") == 1 and not r.stdout
+    q.write_text('id = "bad"\n[allow]\nkvm_vcpu = ["x"]\n[narrow]\n"int" = ["arch.ctxt"]\n')
+    r = run_cli("narrow", "--query", str(q), str(FIXTURE_BUILD / "before-dwarf5"))
+    assert r.returncode == 2 and "struct NAME *" in r.stderr
+    r = run_cli("narrow", str(FIXTURE_BUILD / "before-dwarf5" / "kvm_nvhe.o"), "--emit-cocci",
+                str(tmp_path / "no-such-dir" / "x.cocci"))
+    assert r.returncode == 2 and not (tmp_path / "no-such-dir").exists()
+
+
+# ---------------------------------------------------------------- the semantic patch, applied
+
+def _apply(cocci: Path, tree: Path, *targets: str) -> None:
+    r = subprocess.run(["spatch", "--sp-file", str(cocci), "--in-place", "--include-headers", "--very-quiet",
+                        *[a for t in targets for a in (["--dir", t] if (tree / t).is_dir() else [t])]],
+                       cwd=tree, capture_output=True, text=True, timeout=1800)
+    assert r.returncode == 0, r.stderr[-3000:]
+
+
+@needs_spatch
+@pytest.mark.skipif(shutil.which("aarch64-linux-gnu-gcc") is None, reason="needs aarch64-linux-gnu-gcc")
+def test_fixture_cocci_apply_build_reprove(tmp_path):
+    before = FIXTURE_BUILD / "before-dwarf5"
+    cocci = tmp_path / "narrow.cocci"
+    r = run_cli("narrow", str(before), "--emit-cocci", str(cocci), "--quiet")
+    assert r.returncode == 0, r.stderr
+    marked = {name for name, m in narrow_markers().items() if m["cocci"]}
+    text = cocci.read_text()
+    for name in marked:
+        assert f"@narrow_def_" in text and f" {name}@p(" in text, name
+    # a copy of the fixture sources, patched by spatch, built by the fixture's own script
+    copy = tmp_path / "fixtures"
+    (copy / "mini_hyp").mkdir(parents=True)
+    shutil.copy(ROOT / "fixtures" / "build.sh", copy / "build.sh")
+    shutil.copytree(SRC, copy / "mini_hyp" / "src")
+    _apply(cocci, copy / "mini_hyp", "src")
+    patched = (copy / "mini_hyp" / "src" / "narrow.c").read_text()
+    assert "narrow_leaf_ctxt(struct kvm_cpu_context *ctxt)" in patched
+    assert "narrow_leaf_ctxt(&vcpu->arch.ctxt);" in patched  # a caller that keeps its vcpu
+    b = subprocess.run(["bash", str(copy / "build.sh"), str(tmp_path / "out")], capture_output=True, text=True,
+                       timeout=600)
+    assert b.returncode == 0, b.stderr[-3000:]
+    out = tmp_path / "out" / "before-dwarf5"
+    n2 = narrow(out)
+    names = {f.function for f in n2.functions}
+    assert not marked & names, "narrowed functions still take a kvm_vcpu"
+    # the narrowed functions now take the context (source parameters of the rebuilt fixture)
+    for name in marked:
+        assert re.search(rf"\b{name}\((const )?struct kvm_cpu_context \*ctxt", patched), name
+    # no new leak: the proof of the patched build reports the same (function, field) pairs
+    old = {(l.function, l.field) for l in prove(before).leaks}
+    new = {(l.function, l.field) for l in prove(out).leaks}
+    assert new <= old, sorted(new - old)
