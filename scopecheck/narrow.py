@@ -96,6 +96,7 @@ class NarrowResult:
     totals: dict
     limitations: list[str]
     source_root: str | None = None
+    duplicate_names: frozenset = frozenset()  # names of several functions in the hyp binary
 
     def by_name(self, name: str) -> list[NarrowFunction]:
         return [f for f in self.functions if f.function == name]
@@ -192,23 +193,39 @@ class _Facts:
         self.g = g
         root = str(proof.inputs.source_root) if proof.inputs.source_root else None
         self.func: dict = {}  # binary key -> SourceFunction
+        # functions the source shows but the binary has no trace of (an __always_inline helper whose
+        # inlined instance DWARF does not record): a vcpu handed to them still reaches their accesses
+        self.src_only: dict = {}  # source key -> SourceFunction
+        self.by_name: dict = {}  # name -> [source-only keys]
         for sf in src.functions:
-            k = g.map_key(norm_key(sf.key, root))
+            sk = norm_key(sf.key, root)
+            k = g.map_key(sk)
             if k is not None and k not in self.func:
                 self.func[k] = sf
+            elif k is None and sk not in self.src_only:
+                self.src_only[sk] = sf
+                self.by_name.setdefault(sf.name, []).append(sk)
+        self.func.update(self.src_only)
         self.own: dict = {}  # (key, root) -> {path: (file, line)}
         addr_only: dict = {}
-        for a in proof.accesses:
-            if a.path:
-                self.own.setdefault((a.function, a.root), {}).setdefault(a.path, (a.file, a.line))
-                kinds = addr_only.setdefault((a.function, a.root, a.path), set())
-                kinds.add(a.access)
+        src_only_acc = []
+        for a in src.accesses:
+            sk = norm_key(a.function, root)
+            if sk in self.src_only:
+                r, p = canonical(a.root, a.path)
+                src_only_acc.append((sk, r, p, a.file, a.line, a.access))
+        for fk, r, p, file, line, acc in [*((a.function, a.root, a.path, a.file, a.line, a.access)
+                                             for a in proof.accesses), *src_only_acc]:
+            if p:
+                self.own.setdefault((fk, r), {}).setdefault(p, (file, line))
+                addr_only.setdefault((fk, r, p), set()).add(acc)
         # &vcpu->arch taken only to reach members (an alias, a hand-off) is not a need of its own
         self._addr_only = {k for k, v in addr_only.items() if v == {"addr"}}
         self.calls: dict = {}  # binary key -> [SourceCall]
         self.args_known = True
         for c in src.calls:
-            k = g.map_key(norm_key(c.caller, root))
+            sk = norm_key(c.caller, root)
+            k = sk if sk in self.src_only else g.map_key(sk)
             if k is None:
                 continue
             self.calls.setdefault(k, []).append(c)
@@ -249,6 +266,10 @@ class _Facts:
                            and sf.type == c.target_type]
             else:
                 targets = [s for s in succ if s[0] == c.callee]
+                if not targets and c.callee in self.by_name:
+                    cands = self.by_name[c.callee]
+                    same = [k for k in cands if k[1] == key[1]]
+                    targets = same or cands
             if not targets:
                 continue
             if args is None:  # no argument facts: every pointer parameter of the root's type receives it
@@ -344,6 +365,8 @@ def _analyse(proof, src, types: list[NarrowType]) -> NarrowResult:
     facts = _Facts(proof, src)
     cands = []
     for key, sf in sorted(facts.func.items(), key=lambda kv: repr(kv[0])):
+        if key in facts.src_only:
+            continue  # not in the binary
         for i, (name, ty) in enumerate(sf.params):
             if _struct_of(ty) == VCPU:
                 cands.append((key, sf, i, name))
@@ -377,7 +400,12 @@ def _analyse(proof, src, types: list[NarrowType]) -> NarrowResult:
     if not facts.args_known:
         lims.append(NO_ARGS_LIMIT)
     root = str(proof.inputs.source_root) if proof.inputs.source_root else None
-    return NarrowResult(proof.query, str(proof.inputs.elf), proof.mode, types, out, plan, totals, lims, root)
+    seen: dict = {}
+    for k in proof.graph.in_binary:
+        seen.setdefault(k[0], set()).add(k)
+    dups = frozenset(n for n, ks in seen.items() if len(ks) > 1)
+    return NarrowResult(proof.query, str(proof.inputs.elf), proof.mode, types, out, plan, totals, lims, root,
+                        dups)
 
 
 def _plan(funcs: list[NarrowFunction]) -> list[dict]:

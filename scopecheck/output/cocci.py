@@ -29,6 +29,9 @@ CTXT_TYPE = "struct kvm_cpu_context *"
 ACCESSORS = (
     ("vcpu_gp_regs", r"\bvcpu_gp_regs\s*\(\s*{v}\s*\)", "vcpu_gp_regs({v})", "(&{n}->regs)"),
     ("__vcpu_sys_reg", r"\b__vcpu_sys_reg\s*\(\s*{v}\s*,", "__vcpu_sys_reg({v}, R)", "ctxt_sys_reg({n}, R)"),
+    # kvm_emulate.h's __always_inline vcpu_pc()/vcpu_cpsr() are exactly these on the context
+    ("vcpu_pc", r"\bvcpu_pc\s*\(\s*{v}\s*\)", "vcpu_pc({v})", "((unsigned long *)&{n}->regs.pc)"),
+    ("vcpu_cpsr", r"\bvcpu_cpsr\s*\(\s*{v}\s*\)", "vcpu_cpsr({v})", "((unsigned long *)&{n}->regs.pstate)"),
 )
 _DIRECT = (r"&\s*{v}\s*->\s*arch\s*\.\s*ctxt\b", r"\b{v}\s*->\s*arch\s*\.\s*ctxt\b")
 
@@ -185,8 +188,9 @@ def select(result, source_root: str | Path | None):
             why = "named by host code (arch/arm64/kvm/*.c)"
         elif kernel and f.file.startswith(NVHE) and re.search(rf"\b{re.escape(f.function)}\b", vhe):
             why = "the VHE hyp has a function of the same name"
-        elif any(g.function == f.function and g.key != f.key for g in result.functions):
-            why = "another function of the same name takes a kvm_vcpu"
+        elif f.function in getattr(result, "duplicate_names", ()) or \
+                any(g.function == f.function and g.key != f.key for g in result.functions):
+            why = "hyp has several functions of this name"
         if why is None:
             if f.file not in texts:
                 texts[f.file] = (root / f.file).read_text(errors="replace")
@@ -223,27 +227,10 @@ _HEADER = """\
 // vcpu's context from struct kvm_vcpu * to struct kvm_cpu_context *.
 // query: {query}; target: {target}
 // Apply: spatch --sp-file THIS --dir arch/arm64/kvm/hyp --include-headers --in-place
-//        (and on arch/arm64/include/asm/kvm_hyp.h for the prototypes)
-// Narrowed ({count}): {names}
-
-@initialize:python@
-@@
-def narrow_in(p, where):
-    f = p[0].file
-    return any(w in f for w in where) if where else True
+//        and spatch --sp-file THIS --in-place arch/arm64/include/asm/kvm_hyp.h (prototypes)
+// Rules match by function name: only names that are unique in hyp (nVHE and VHE) and unknown
+// to host code are narrowed. Narrowed ({count}): {names}
 """
-
-
-def _where_callers(f, kernel: bool) -> tuple:
-    if not kernel:
-        return ()
-    if f.file.startswith(NVHE):
-        return (f.file,) if _is_static(f) else (NVHE,)
-    return ()  # shared hyp code and headers: every caller in hyp (VHE included)
-
-
-def _is_static(f) -> bool:
-    return bool(getattr(f, "static", False))
 
 
 def _new_name(body: str, params) -> str:
@@ -254,14 +241,9 @@ def _new_name(body: str, params) -> str:
     return "narrow_ctxt__"
 
 
-def _py_tuple(xs) -> str:
-    return "(" + "".join(f"{x!r}, " for x in xs) + ")"
-
-
 def emit(result, source_root: str | Path | None = None) -> CocciPatch:
     root = source_root or getattr(result, "source_root", None)
     narrowed, bodies, skipped = select(result, root)
-    kernel = root is not None and (Path(root) / "arch/arm64/kvm/hyp").is_dir()
     names = ", ".join(f.function for f in narrowed) or "none"
     out = [_HEADER.format(query=result.query.id, target=Path(result.target).name, count=len(narrowed),
                           names=names)]
@@ -271,8 +253,7 @@ def emit(result, source_root: str | Path | None = None) -> CocciPatch:
         lst = f"expression list[{i}] ES;\n" if i else ""
         pre = "ES, " if i else ""
         out.append(f"// {f.function}: callers\n@narrow_call_{n}@\nexpression E;\n{lst}"
-                   f"position p : script:python() {{ narrow_in(p, {_py_tuple(_where_callers(f, kernel))}) }};\n"
-                   f"@@\n {f.function}@p({pre}\n- E\n+ &E->arch.ctxt\n  , ...)\n")
+                   f"@@\n {f.function}({pre}\n- E\n+ &E->arch.ctxt\n  , ...)\n")
     # 2. the definitions: parameter and body
     for n, f in enumerate(narrowed):
         i = f.param_index
@@ -281,18 +262,16 @@ def emit(result, source_root: str | Path | None = None) -> CocciPatch:
         const = "const " if f.params[i][1].strip().startswith("const") else ""
         plist = f"parameter list[{i}] PS;\n" if i else ""
         pre = "PS, " if i else ""
-        where = _py_tuple((f.file,)) if kernel else "()"
         out.append(
             f"// {f.function} ({f.file}:{f.line}): needs {', '.join(sorted(f.needs)) or 'nothing'}\n"
-            f"@narrow_def_{n}@\ntype T;\nsymbol {v};\n{plist}"
-            f"position p : script:python() {{ narrow_in(p, {where}) }};\n@@\n"
-            f" T {f.function}@p({pre}\n- {const}struct kvm_vcpu *{v}\n+ {const}struct kvm_cpu_context *{nn}\n"
+            f"@narrow_def_{n}@\ntype T;\nsymbol {v};\n{plist}@@\n"
+            f" T {f.function}({pre}\n- {const}struct kvm_vcpu *{v}\n+ {const}struct kvm_cpu_context *{nn}\n"
             f"  , ...) {{ ... }}\n")
         alts = [f"- &{v}->arch.ctxt\n+ {nn}", f"- {v}->arch.ctxt.fld\n+ {nn}->fld"]
         alts += [f"- {a[2].format(v=v)}\n+ {a[3].format(n=nn)}" for a in ACCESSORS]
         out.append(
             f"@narrow_body_{n} depends on narrow_def_{n}@\ntype T;\nsymbol {v};\nidentifier fld;\nexpression R;\n"
-            f"position p : script:python() {{ narrow_in(p, {where}) }};\n@@\n T {f.function}@p(...) {{\n <...\n(\n"
+            f"@@\n T {f.function}(...) {{\n <...\n(\n"
             + "\n|\n".join(alts) + "\n)\n ...>\n }\n")
     # 3. prototypes
     for n, f in enumerate(narrowed):
