@@ -39,6 +39,8 @@ UNUSED = "unused"
 NEEDS_VCPU = "kvm_vcpu"
 
 LIMITATIONS = (
+    "callees the binary has no trace of (compiled away, or inlined without a DWARF record) count "
+    "through their source: the narrowed source must still compile",
     "a vcpu pointer stored to memory, returned, or passed to code outside hyp is not a need; "
     "the compiler rejects such a narrowing",
     "accesses of a function are attributed to the vcpu parameter even when they go through "
@@ -187,14 +189,15 @@ class _Facts:
     """Per binary function key: source function, own accesses by root, outgoing pointer hand-offs."""
 
     def __init__(self, proof, src):
-        from scopecheck.graph import norm_key
+        from scopecheck.graph import norm_file, norm_key
 
         g = proof.graph
         self.g = g
         root = str(proof.inputs.source_root) if proof.inputs.source_root else None
         self.func: dict = {}  # binary key -> SourceFunction
         # functions the source shows but the binary has no trace of (an __always_inline helper whose
-        # inlined instance DWARF does not record): a vcpu handed to them still reaches their accesses
+        # inlined instance DWARF does not record, or code the configuration compiles away): a vcpu
+        # handed to them still reaches their accesses, and the narrowed source must still compile
         self.src_only: dict = {}  # source key -> SourceFunction
         self.by_name: dict = {}  # name -> [source-only keys]
         for sf in src.functions:
@@ -213,7 +216,7 @@ class _Facts:
             sk = norm_key(a.function, root)
             if sk in self.src_only:
                 r, p = canonical(a.root, a.path)
-                src_only_acc.append((sk, r, p, a.file, a.line, a.access))
+                src_only_acc.append((sk, r, p, norm_file(a.file, root), a.line, a.access))
         for fk, r, p, file, line, acc in [*((a.function, a.root, a.path, a.file, a.line, a.access)
                                              for a in proof.accesses), *src_only_acc]:
             if p:
