@@ -189,8 +189,11 @@ class _Facts:
     """Per binary function key: source function, own accesses by root, outgoing pointer hand-offs."""
 
     def __init__(self, proof, src):
-        from scopecheck.graph import norm_file, norm_key
+        import functools
 
+        from scopecheck.graph import norm_file, norm_key as _norm_key
+
+        norm_key = functools.lru_cache(maxsize=None)(_norm_key)
         g = proof.graph
         self.g = g
         root = str(proof.inputs.source_root) if proof.inputs.source_root else None
@@ -237,10 +240,8 @@ class _Facts:
         gr = g.graph
         self.address_taken = {b for a, b, d in gr.edges(data=True)
                               if d.get("kinds", set()) & {"indirect_by_type", "address_taken"}}
-        for t in src.address_taken:
-            for k in self.func:
-                if k[0] == t.function:
-                    self.address_taken.add(k)
+        taken = {t.function for t in src.address_taken}
+        self.address_taken.update(k for k in self.func if k[0] in taken)
         self._memo_edges: dict = {}
         for (key, root), paths in self.own.items():
             handed = [p for _c, p, _i in self.handoffs(key, root) if p]
