@@ -120,6 +120,12 @@ def test_bad_input(tmp_path):
     r = run_cli("narrow", str(FIXTURE_BUILD / "before-dwarf5" / "kvm_nvhe.o"), "--emit-cocci",
                 str(tmp_path / "no-such-dir" / "x.cocci"))
     assert r.returncode == 2 and not (tmp_path / "no-such-dir").exists()
+    # a bare object without its compilation database: binary-only, which narrow refuses in one line
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    shutil.copy(FIXTURE_BUILD / "before-dwarf5" / "kvm_nvhe.o", bare / "kvm_nvhe.o")
+    r = run_cli("narrow", str(bare / "kvm_nvhe.o"))
+    assert r.returncode == 2 and "needs the source" in r.stderr and r.stderr.count("\n") == 1 and not r.stdout
 
 
 # ---------------------------------------------------------------- the semantic patch, applied
