@@ -246,3 +246,21 @@ def test_narrow_61_cocci_apply_build_reprove_boot(tiny61_narrow, tmp_path):
                 timeout=900)
     rep = json.loads(b.stdout)
     assert b.returncode == 0 and rep["passed"] is True and rep["mode"] == "protected", b.stdout + b.stderr
+
+
+@pytest.mark.kernel
+def test_narrow_612_plan():
+    from build_cache import build
+
+    k = build("6.12")
+    r = run_cli("narrow", str(k.out), "--format", "json", "--quiet", timeout=3600)
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout)
+    t = d["totals"]
+    assert t["functions"] >= 100 and sum(t["classes"].values()) == t["functions"]
+    assert t["narrowable"] >= 20 and d["plan"]
+    step = {p["function"]: p["step"] for p in d["plan"]}
+    assert all(step[c] < p["step"] for p in d["plan"] for c in p["after"])
+    # 6.12 hands hyp's own copy (struct pkvm_hyp_vcpu) around: those are not kvm_vcpu parameters
+    assert not any("pkvm_hyp_vcpu" in t for f in d["functions"] for _n, t in f["params"]
+                   if t.replace("const ", "").strip() == "struct kvm_vcpu *")
