@@ -261,6 +261,6 @@ def test_narrow_612_plan():
     assert t["narrowable"] >= 20 and d["plan"]
     step = {p["function"]: p["step"] for p in d["plan"]}
     assert all(step[c] < p["step"] for p in d["plan"] for c in p["after"])
-    # 6.12 hands hyp's own copy (struct pkvm_hyp_vcpu) around: those are not kvm_vcpu parameters
-    assert not any("pkvm_hyp_vcpu" in t for f in d["functions"] for _n, t in f["params"]
-                   if t.replace("const ", "").strip() == "struct kvm_vcpu *")
+    by = {f["function"]: f for f in d["functions"]}
+    assert by["__kvm_vcpu_run"]["can_take"] == [] and by["__kvm_vcpu_run"]["blocked_by"]
+    assert by["__vcpu_write_spsr_abt"]["can_take"] == ["struct kvm_cpu_context *"]
