@@ -221,6 +221,51 @@ def derive(
     sys.stdout.write(to_c(d) if fmt is DeriveFormat.c else _json.dumps(d.to_dict(), indent=2) + "\n")
 
 
+class NarrowFormat(str, Enum):
+    text = "text"
+    json = "json"
+
+
+@app.command()
+def narrow(
+    target: Optional[Path] = typer.Argument(None, metavar="[TARGET]", help=_TARGET_HELP),
+    source: Optional[Path] = typer.Option(None, "--source", metavar="SRC", help="Kernel source tree (as for callgraph)."),
+    query: str = typer.Option("rfc-hyp-scope", "--query", metavar="ID_OR_PATH",
+                              help="Query id or .toml path whose [narrow] table names the narrower parameter types."),
+    fmt: NarrowFormat = typer.Option(NarrowFormat.text, "--format", "-f",
+                                     help="text (totals, plan, blocked functions) or json (schema_version, "
+                                          "functions, plan, totals)."),
+    emit_cocci: Optional[Path] = typer.Option(
+        None, "--emit-cocci", metavar="FILE",
+        help="Also write a Coccinelle semantic patch narrowing the functions that can take "
+             "struct kvm_cpu_context * alone (apply with spatch); its summary goes to stderr."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="text: also list every function's needs."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", metavar="FILE",
+                                          help="Write the output to FILE (atomically) instead of stdout."),
+    cache: bool = typer.Option(True, "--cache/--no-cache", help="Use the layout and source caches."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress on stderr."),
+) -> None:
+    """Which hyp functions taking struct kvm_vcpu * could take a narrower type, and a leaves-first plan."""
+    from scopecheck.narrow import narrow as _narrow
+    from scopecheck.output import narrow as out
+
+    for f in (emit_cocci, output):
+        if f is not None and not f.parent.is_dir():
+            raise ScopecheckError(f"{f.parent}: no such directory")
+    r = _prove(target, source, query, False, None, None, cache, quiet)
+    n = _narrow(proof=r, use_cache=cache)
+    if emit_cocci is not None:
+        from scopecheck.output.cocci import emit
+        from scopecheck.paths import atomic_write_text
+
+        patch = emit(n)
+        atomic_write_text(emit_cocci, patch.text)
+        if not quiet:
+            typer.echo(patch.summary().rstrip("\n"), err=True)
+    _emit(out.to_json(n) if fmt is NarrowFormat.json else out.text(n, verbose=verbose), output)
+
+
+
 #: every subcommand defined outside this module: (name, module, attribute, "command" | "group").
 #: All are registered even when their module cannot be imported (a missing optional dependency):
 #: running such a command then says why in one line and exits 2; nothing is hidden from --help.
@@ -229,6 +274,7 @@ SUBCOMMANDS = [
     ("boot", "scopecheck.cli_boot", "boot_cmd", "command"),
     ("report", "scopecheck.cli_report", "report_cmd", "command"),
     ("diff", "scopecheck.cli_report", "diff_cmd", "command"),
+    ("series", "scopecheck.cli_series", "series_cmd", "command"),
 ]
 
 
@@ -261,15 +307,6 @@ def _add_subapps() -> None:
 
 
 _add_subapps()
-
-
-def _add_series() -> None:
-    from scopecheck.cli_series import series_cmd
-
-    app.command("series")(series_cmd)
-
-
-_add_series()
 
 
 def main() -> None:

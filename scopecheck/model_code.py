@@ -242,6 +242,9 @@ class SourceCall:
     indirect: bool = False
     target_type: str | None = None  # canonical function type of the pointer, e.g. "void (struct kvm_cpu_context *)"
     via: str | None = None  # expression or table name for an indirect call
+    # per argument, the root-struct pointer it evaluates to as "root:path" ("kvm_vcpu:" the vcpu
+    # itself, "kvm_vcpu:arch.ctxt" &vcpu->arch.ctxt), "" for anything else; None: not recorded
+    args: tuple | None = None
 
 
 @dataclass(slots=True)

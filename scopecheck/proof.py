@@ -98,6 +98,7 @@ class ProofResult:
     stats: dict = field(default_factory=dict)
     diagnostics: list[str] = field(default_factory=list)
     ledger: object = None  # scopecheck.reconcile.Ledger: every access site's evidence class
+    source_facts: object = None  # the source door's SourceFacts (None binary-only); `narrow` reads params/calls
 
     @property
     def gating_leaks(self) -> list[Leak]:
@@ -274,7 +275,7 @@ def prove(target, source=None, query: str | Query = "rfc-hyp-scope", *, binary_o
              "binary": {k: v for k, v in (b_stats if isinstance(b_stats, dict) else {}).items()
                         if k not in ("timings", "unanalysed", "call_args")}}
     return ProofResult(q, inp, mode, limits, g, [a for a, _ in canon], leaks, footprint, g.unresolved,
-                       stats, diagnostics, ledger)
+                       stats, diagnostics, ledger, source_facts=src_facts)
 
 
 def _binary_cache_path(elf_path: Path) -> Path | None:

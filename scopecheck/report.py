@@ -92,6 +92,7 @@ class ReportData:
     graph: CutGraph
     headline: dict
     created: float = field(default_factory=time.time)
+    narrow: object | None = None  # NarrowResult (None: binary-only, or a query without [narrow])
 
 
 @dataclass(slots=True)
@@ -140,7 +141,20 @@ def from_results(proof, size, *, boot: dict | None = None, label: str | None = N
     data = ReportData(proof=proof, size=size, derived=derived, label=lab, kernel=kernel, boot=boot,
                       layout=lay, graph=cut, headline={})
     data.headline = headline(data)
+    data.narrow = _narrow_of(proof)
     return data
+
+
+def _narrow_of(proof):
+    """`scopecheck narrow` on the same proof, when it applies (source mode, a [narrow] table)."""
+    from scopecheck.narrow import narrow
+
+    if proof.mode != "source+binary":
+        return None
+    try:
+        return narrow(proof=proof)
+    except InputError:
+        return None
 
 
 def kernel_release(inputs) -> str | None:
@@ -451,6 +465,10 @@ def write_report(data: ReportData, out, *, history=None) -> ReportFiles:
 
         put("size.json", size_out.to_json([data.size]))
         put("callgraph.json", proof_out.to_json(data.proof))
+        if data.narrow is not None:
+            from scopecheck.output import narrow as narrow_out
+
+            put("narrow.json", narrow_out.to_json(data.narrow))
         tabs = tables(data)
         if runs is not None:
             tabs["history"] = hist.frame(runs)

@@ -29,7 +29,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
 BLOCK = re.compile(r"<!-- readme-test: ([\w-]+) -->\n```console\n(.*?)```\n", re.S)
-COMMANDS = [["size"], ["callgraph"], ["derive"], ["boot"], ["report"], ["diff"], ["kernel", "fetch"],
+COMMANDS = [["size"], ["callgraph"], ["derive"], ["narrow"], ["boot"], ["report"], ["diff"], ["kernel", "fetch"],
             ["kernel", "list"], ["kernel", "build"], ["series"]]
 
 

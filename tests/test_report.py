@@ -134,8 +134,12 @@ def check_report(out: Path, size_json: dict, cg_json: dict, *, history_runs: int
     meta = json.loads((out / "report.json").read_text())
     assert meta["command"] == "report"
     assert sorted(p.name for p in out.iterdir()) == meta["files"]
-    figs = FIGURES + (("trend",) if history_runs else ())
+    narrowed = cg_json["mode"] == "source+binary"  # `narrow` needs the source
+    figs = FIGURES + (("narrow",) if narrowed else ()) + (("trend",) if history_runs else ())
     assert sorted(meta["figures"]) == sorted(figs)
+    if narrowed:
+        t = json.loads((out / "narrow.json").read_text())["totals"]
+        assert f"{t['functions']} functions take kvm_vcpu" in svg_text(out / "narrow.svg")
     for f in figs:
         check_png(out / f"{f}.png")
         svg_text(out / f"{f}.svg")

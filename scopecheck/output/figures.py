@@ -51,6 +51,8 @@ def render_all(data, runs: list[dict] | None = None) -> dict[str, tuple[bytes, b
     with matplotlib.rc_context(RC):
         out = {"sizes": _save(size_bars(data)), "layout": _save(layout_map(data)),
                "callgraph": _save(callgraph(data)), "leaks": _save(leak_counts(data))}
+        if getattr(data, "narrow", None) is not None:
+            out["narrow"] = _save(narrow_classes(data.narrow, data.label))
         if runs:
             out["trend"] = _save(trend(runs))
     return out
@@ -386,3 +388,40 @@ def series_trend(steps: list[dict]):
         for ax in (top, bottom):
             ax.spines[["top", "right"]].set_visible(False)
         return _save(fig)
+
+
+# ---------------------------------------------------------------- narrow classes
+
+#: colour per narrow class (unknown combinations get the next colour of the cycle)
+NARROW_COLOURS = {"kvm_cpu_context": C_CTXT, "vcpu_hyp_state": C_HYP, "kvm_cpu_context+vcpu_hyp_state": "#8172b3",
+                  "unused": "#c7c7c7", "kvm_vcpu": C_LEAK}
+
+
+def narrow_classes(n, label: str = ""):
+    """One stacked bar: the kvm_vcpu-taking hyp functions by the narrowest type list that suffices."""
+    classes = n.totals["classes"]
+    first = [k for k in classes if k not in ("kvm_vcpu", "unused")]
+    first.sort(key=lambda k: (k.count("+"), k))
+    order = first + [k for k in ("unused", "kvm_vcpu") if k in classes]
+    fig = _figure(12, 3.2)
+    ax = fig.subplots()
+    left = 0
+    extra = ["#937860", "#da8bc3", "#8c8c8c", "#ccb974", "#64b5cd"]
+    for i, k in enumerate(order):
+        v = classes[k]
+        colour = NARROW_COLOURS.get(k) or extra[i % len(extra)]
+        name = "needs kvm_vcpu" if k == "kvm_vcpu" else ("vcpu unused" if k == "unused" else k.replace("+", " + "))
+        ax.barh([0], [v], left=left, color=colour, height=0.6, label=f"{name} ({v})")
+        if v:
+            ax.text(left + v / 2, 0, str(v), ha="center", va="center", color="white", fontsize=12,
+                    fontweight="bold")
+        left += v
+    ax.set_yticks([])
+    ax.set_xlim(0, max(left, 1))
+    ax.set_xlabel("hyp functions taking struct kvm_vcpu *")
+    ax.spines[["top", "right", "left"]].set_visible(False)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.45), ncol=min(len(order), 3), frameon=False)
+    t = n.totals
+    fig.suptitle(f"{label}: {t['functions']} functions take kvm_vcpu, {t['narrowable']} could take less",
+                 x=0.01, ha="left", fontsize=14, fontweight="bold")
+    return fig

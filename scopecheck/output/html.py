@@ -42,10 +42,12 @@ CAPTIONS = {
     "callgraph": "Call graph, cut to what matters: every leaking function (red, leak count in brackets) with "
                  "its shortest call chain from a hyp entry point (blue frame), left to right by call depth.",
     "leaks": "Leak counts per source file and per function.",
+    "narrow": "Narrowing (scopecheck narrow): the hyp functions that take a struct kvm_vcpu *, by the narrowest "
+              "parameter list that covers everything they and the callees they hand the vcpu to need.",
     "trend": "Trend across the runs recorded in the history database: struct sizes, the RFC scope, the "
              "derived state and the bytes hyp touches (top), fields touched and leaks (bottom).",
 }
-ORDER = ("sizes", "layout", "callgraph", "leaks", "trend")
+ORDER = ("sizes", "layout", "callgraph", "leaks", "narrow", "trend")
 
 
 def _png_width(png: bytes) -> int:

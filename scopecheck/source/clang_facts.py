@@ -32,7 +32,7 @@ from scopecheck.paths import atomic_write_bytes, atomic_write_text, cache_dir
 from scopecheck.source.compdb import CompileCommand, clang_args
 
 DEFAULT_ROOTS = ("kvm_vcpu", "kvm_vcpu_arch", "kvm_cpu_context", "pkvm_hyp_vcpu", "vcpu_hyp_state")
-CACHE_SCHEMA = 2  # 2: raw byte-range accesses and Unanalysed records
+CACHE_SCHEMA = 3  # 2: raw byte-range accesses and Unanalysed records; 3: SourceCall.args
 
 #: cumulative counters: ``parsed`` (libclang parses), ``cache_hits``, ``parse_seconds``
 STATS: Counter = Counter()

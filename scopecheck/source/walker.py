@@ -840,7 +840,7 @@ class FunctionWalker:
                 callee.referenced.kind == K.FUNCTION_DECL:
             self.callee_refs.add(callee.hash)
             self.calls.append(SourceCall(caller=self.key, callee=callee.referenced.spelling, file=f,
-                                         line=line, col=col))
+                                         line=line, col=col, args=self._call_args(kids[1:])))
             return
         t = cx.function_type_spelling(callee.type) or cx.function_type_spelling(kids[0].type)
         if callee.kind == K.UNARY_OPERATOR and cx.unary_op(callee) == cx.UO_DEREF:
@@ -849,7 +849,15 @@ class FunctionWalker:
                 t = t or cx.function_type_spelling(inner[0].type)
                 callee = cx.strip(inner[0])
         self.calls.append(SourceCall(caller=self.key, callee=None, file=f, line=line, col=col, indirect=True,
-                                     target_type=t, via=self.describe(callee)))
+                                     target_type=t, via=self.describe(callee), args=self._call_args(kids[1:])))
+
+    def _call_args(self, args) -> tuple:
+        """Per argument: "root:path" of the root-struct pointer it passes, else "" (for `narrow`)."""
+        out = []
+        for a in args:
+            r = self.eval_ptr(a) if cx.is_pointer(a.type) else None
+            out.append(f"{r.root}:{r.path}" if r is not None and r.root else "")
+        return tuple(out)
 
     def describe(self, e, depth=0) -> str | None:
         """A short name for where a function pointer comes from (``host_hcall[]``, ``kvm_vcpu:arch.x``)."""
