@@ -24,7 +24,7 @@ from scopecheck.model_code import Escalation, FieldAccess, FuncKey
 from scopecheck.query import Query, canonical, load_query
 
 SCHEMA_VERSION = 1
-ROOTS = ("kvm_vcpu", "kvm_vcpu_arch", "kvm_cpu_context", "vcpu_hyp_state", "pkvm_hyp_vcpu")
+ROOTS = ("kvm_vcpu", "kvm_vcpu_arch", "kvm_cpu_context", "vcpu_hyp_state", "pkvm_hyp_vcpu", "kvm")
 NVHE_DIR = "arch/arm64/kvm/hyp/nvhe/"
 
 BINARY_ONLY_LIMITS = (
@@ -65,6 +65,7 @@ class Leak:
     chain: list[str]
     kind: str = "field"  # field | escalation
     baselined: bool = False
+    provenance: str | None = None  # "host" | "hyp" | None: whose memory the access touched
 
     @property
     def fingerprint(self) -> str:
@@ -76,7 +77,7 @@ class Leak:
                 "access": self.access, "bytes": self.size, "offset": self.offset,
                 "function": self.function, "file": self.file, "line": self.line, "col": self.col,
                 "origin": self.origin, "via": self.via, "chain": self.chain,
-                "fingerprint": self.fingerprint, "baselined": self.baselined}
+                "fingerprint": self.fingerprint, "baselined": self.baselined, "provenance": self.provenance}
 
 
 @dataclass(slots=True)
@@ -246,7 +247,11 @@ def prove(target, source=None, query: str | Query = "rfc-hyp-scope", *, binary_o
 
     judged_funcs = _applicable_functions(q, src_facts, g, root_str)
     leaks: list[Leak] = []
-    for a, orig_root in canon:
+    if q.provenance is not None:  # a trust-boundary query: host-owned memory, judged by direction
+        from scopecheck import boundary
+
+        leaks = boundary.judge(q, g, canon, judged_funcs)
+    for a, orig_root in (canon if q.provenance is None else ()):
         if not a.path or not q.judges_root(orig_root):
             continue
         if judged_funcs is not None and a.function not in judged_funcs:
@@ -279,6 +284,8 @@ def prove(target, source=None, query: str | Query = "rfc-hyp-scope", *, binary_o
              # without timings, so that the same inputs give byte-identical output
              "binary": {k: v for k, v in (b_stats if isinstance(b_stats, dict) else {}).items()
                         if k != "timings"}}
+    if q.provenance is not None:
+        stats["boundary"] = boundary.section(q, g, [a for a, _ in canon])
     return ProofResult(q, inp, mode, limits, g, [a for a, _ in canon], leaks, footprint, g.unresolved,
                        stats, diagnostics)
 
@@ -429,7 +436,7 @@ def _leak(q: Query, g: HypGraph, a: FieldAccess, kind: str) -> Leak:
     chain = [k[0] for k in g.chain(a.function)]
     return Leak(query=q.id, root=a.root, field=a.path, access=a.access, size=a.size, offset=a.offset,
                 function=a.function[0], function_key=a.function, file=a.file, line=a.line, col=a.col,
-                origin=a.origin, via=a.via, chain=chain, kind=kind)
+                origin=a.origin, via=a.via, chain=chain, kind=kind, provenance=a.provenance)
 
 
 def _dedupe(leaks: list[Leak]) -> list[Leak]:
