@@ -24,7 +24,9 @@ from scopecheck.model_code import Escalation, FieldAccess, FuncKey
 from scopecheck.query import Query, canonical, load_query
 
 SCHEMA_VERSION = 1
-ROOTS = ("kvm_vcpu", "kvm_vcpu_arch", "kvm_cpu_context", "vcpu_hyp_state", "pkvm_hyp_vcpu", "kvm")
+ROOTS = ("kvm_vcpu", "kvm_vcpu_arch", "kvm_cpu_context", "vcpu_hyp_state", "pkvm_hyp_vcpu")
+#: also followed by the source door (host-owned kvm memory for the trust-boundary query), not judged as vcpu roots
+BOUNDARY_ROOTS = ("kvm",)
 NVHE_DIR = "arch/arm64/kvm/hyp/nvhe/"
 
 BINARY_ONLY_LIMITS = (
@@ -186,7 +188,7 @@ def prove(target, source=None, query: str | Query = "rfc-hyp-scope", *, binary_o
         b_acc = b_esc = b_stats = None
     if not facts.functions:
         raise InputError(f"{inp.elf}: no nVHE hyp code found (no __kvm_nvhe_ functions with DWARF)")
-    layouts = {k: v for k, v in load_layouts(inp.elf, ROOTS, use_cache=use_cache).items() if v}
+    layouts = {k: v for k, v in load_layouts(inp.elf, ROOTS + BOUNDARY_ROOTS, use_cache=use_cache).items() if v}
     if "kvm_vcpu" not in layouts:
         raise InputError(f"{inp.elf}: struct kvm_vcpu not found in DWARF")
 
@@ -353,7 +355,7 @@ def _source_facts(inp: Inputs, use_cache: bool, progress):
         # the kernel's database lists no .S: take the hyp assembly of the nvhe objects
         hyp_dir = Path(root) / "arch/arm64/kvm/hyp"
         s_files = sorted(str(p) for p in [*hyp_dir.glob("nvhe/*.S"), *hyp_dir.glob("*.S")])
-    facts = source_facts(c_cmds, roots=ROOTS, cache=use_cache)
+    facts = source_facts(c_cmds, roots=ROOTS + BOUNDARY_ROOTS, cache=use_cache)
     if inp.asm_offsets is not None and s_files:
         from scopecheck.source.asm_offsets import asm_accesses, parse_asm_offsets
 
