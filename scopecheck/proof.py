@@ -188,12 +188,18 @@ def prove(target, source=None, query: str | Query = "rfc-hyp-scope", *, binary_o
         b_acc = b_esc = b_stats = None
     if not facts.functions:
         raise InputError(f"{inp.elf}: no nVHE hyp code found (no __kvm_nvhe_ functions with DWARF)")
-    layouts = {k: v for k, v in load_layouts(inp.elf, ROOTS + BOUNDARY_ROOTS, use_cache=use_cache).items() if v}
+    layouts = {k: v for k, v in load_layouts(inp.elf, ROOTS, use_cache=use_cache).items() if v}
+    layout_notes = []
+    for extra in BOUNDARY_ROOTS:  # sizes for the boundary's kvm accesses: best effort
+        try:
+            layouts.update({k: v for k, v in load_layouts(inp.elf, (extra,), use_cache=use_cache).items() if v})
+        except InputError as e:
+            layout_notes.append(f"struct {extra}: no layout, its fields have no offset or size ({e})")
     if "kvm_vcpu" not in layouts:
         raise InputError(f"{inp.elf}: struct kvm_vcpu not found in DWARF")
 
     src_facts = None
-    diagnostics: list[str] = []
+    diagnostics: list[str] = list(layout_notes)
     if inp.compdb is not None:
         step("reading hyp source with libclang")
         src_facts, inp.source_root = _source_facts(inp, use_cache, progress)

@@ -135,6 +135,8 @@ def check_report(out: Path, size_json: dict, cg_json: dict, *, history_runs: int
     assert meta["command"] == "report"
     assert sorted(p.name for p in out.iterdir()) == meta["files"]
     figs = FIGURES + (("trend",) if history_runs else ())
+    if meta["headline"].get("boundary_crossings"):  # host-owned memory touched: the boundary figure
+        figs += ("boundary",)
     assert sorted(meta["figures"]) == sorted(figs)
     for f in figs:
         check_png(out / f"{f}.png")
