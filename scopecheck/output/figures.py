@@ -82,8 +82,14 @@ def boundary_bars(data):
             ax.text(r - span * 0.01, y, f"{-r:,}", va="center", ha="right", fontsize=9)
         if w:
             ax.text(w + span * 0.01, y, f"{w:,}", va="center", ha="left", fontsize=9)
+    for y, r in zip(ys, shown):
+        if not r["size"]:
+            ax.text(span * 0.01, y, "size unknown (no layout)", va="center", ha="left", fontsize=9, color="#555555")
     labels = [(f"{r['root']}: " if r["root"] != "kvm_vcpu" else "") + r["field"] + (" *" if r["on_path"] else "")
               for r in shown]
+    from matplotlib.ticker import FuncFormatter
+
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{abs(v):,.0f}"))
     ax.set_yticks(list(ys), labels, fontsize=9)
     ax.invert_yaxis()
     ax.set_xlim(-span * 1.25, span * 1.25)
