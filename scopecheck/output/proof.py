@@ -103,7 +103,7 @@ def to_sarif(r: ProofResult) -> str:
                "partialFingerprints": {"scopecheckFunctionField/v1": l.fingerprint},
                "codeFlows": [{"threadFlows": [{"locations": flow_locs}]}],
                "properties": {"field": f"{l.root}:{l.field}", "access": l.access, "bytes": l.size,
-                              "origin": l.origin, "chain": l.chain}}
+                              "origin": l.origin, "chain": l.chain, "provenance": l.provenance}}
         if l.baselined:
             res["baselineState"] = "unchanged"
         results.append(res)
