@@ -25,7 +25,7 @@ from test_fixtures import needs_pahole, pahole_size, resolve
 HYP_MAIN = "arch/arm64/kvm/hyp/nvhe/hyp-main.c"
 QUERY = "pkvm-host-boundary"
 MARK = "scopecheck-boundary: new crossing"
-PATCH_DIR = Path(__file__).resolve().parent / ".." / ".pytest_cache" / "scopecheck-boundary"
+pytestmark = [pytest.mark.kernel, pytest.mark.slow]
 
 
 @pytest.fixture(scope="session")
@@ -158,9 +158,10 @@ def boundary_patch(tree: Path) -> str:
 
 def write_boundary_patch(tree: Path) -> Path:
     """The patch at a stable path (rewritten only when it changes, so the build cache stays warm)."""
+    from scopecheck.paths import cache_dir
+
     text = boundary_patch(tree)
-    PATCH_DIR.mkdir(parents=True, exist_ok=True)
-    p = (PATCH_DIR / "new-crossing-6.12.patch").resolve()
+    p = cache_dir("boundary") / "new-crossing-6.12.patch"
     if not p.is_file() or p.read_text() != text:
         p.write_text(text)
     return p
