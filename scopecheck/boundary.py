@@ -141,7 +141,11 @@ def summary_line(t: dict) -> str:
     s = (f"per vcpu run hyp reads {t['read_bytes']} B from the host and writes {t['write_bytes']} B "
          f"of guest state to it ({t['read_fields']} field(s) read, {t['write_fields']} written, "
          f"on {' / '.join(t['path'])}; {t['crossings']} crossing(s) in all")
-    return s + (f"; {t['unsized']} of unknown size)" if t.get("unsized") else ")")
+    s += f"; {t['unsized']} of unknown size)" if t.get("unsized") else ")"
+    if t.get("unknown_provenance"):
+        s += (f"; not judged: {t['unknown_provenance']} access(es) in {t['unknown_functions']} function(s) "
+              "through pointers whose owner is not known (callers disagree, or binary-only)")
+    return s
 
 
 def judge(q, graph, canon, judged_funcs=None) -> list:
@@ -170,4 +174,10 @@ def section(q, graph, canon_accesses) -> dict:
     """The ``boundary`` block of a proof (stats and JSON): totals and every crossing."""
     path = tuple(q.boundary_path) or DEFAULT_PATH
     cs = crossings(canon_accesses, graph, path)
-    return {"totals": totals(cs, path), "fields": per_field(cs), "crossings": [c.to_dict() for c in cs]}
+    t = totals(cs, path)
+    # what could not be judged: accesses to these roots whose pointer's owner is not known
+    unknown = [a for a in canon_accesses if a.path and a.root in BOUNDARY_ROOTS and a.provenance is None
+               and a.access in DIRECTIONS]
+    t["unknown_provenance"] = len(unknown)
+    t["unknown_functions"] = len({a.function for a in unknown})
+    return {"totals": t, "fields": per_field(cs), "crossings": [c.to_dict() for c in cs]}
