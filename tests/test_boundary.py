@@ -190,3 +190,23 @@ def test_bad_boundary_query(tmp_path, toml, msg):
     assert r.returncode == 2
     assert msg in r.stderr and "Traceback" not in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_provenance_survives_the_source_cache(tmp_path, monkeypatch):
+    """A warm run (facts and provenance summaries read back from the cache) gives the same provenance."""
+    from scopecheck.proof import BOUNDARY_ROOTS, ROOTS
+    from scopecheck.source.clang_facts import STATS, source_facts
+    from scopecheck.source.compdb import load
+
+    monkeypatch.setenv("SCOPECHECK_CACHE", str(tmp_path))
+    cmds = load(FIXTURE_BUILD / "before-dwarf5")
+
+    def prov():
+        f = source_facts(cmds, roots=ROOTS + BOUNDARY_ROOTS, cache=True)
+        return sorted((a.file, a.line, a.col or 0, a.root, a.path, a.access, a.provenance or "") for a in f.accesses)
+
+    cold = prov()
+    hits = STATS["cache_hits"]
+    warm = prov()
+    assert STATS["cache_hits"] > hits
+    assert warm == cold and any(p[-1] == "host" for p in cold)
