@@ -27,6 +27,8 @@ SCHEMA_VERSION = 2  # 2: top-level "evidence" (the reconciliation ledger), binar
 #: 2: the access kind is part of Leak.fingerprint (1 had query, function, field and kind only)
 FINGERPRINT_VERSION = 2
 ROOTS = ("kvm_vcpu", "kvm_vcpu_arch", "kvm_cpu_context", "vcpu_hyp_state", "pkvm_hyp_vcpu")
+#: also followed by the source door (host-owned kvm memory for the trust-boundary query), not judged as vcpu roots
+BOUNDARY_ROOTS = ("kvm",)
 NVHE_DIR = "arch/arm64/kvm/hyp/nvhe/"
 
 BINARY_ONLY_LIMITS = (
@@ -67,6 +69,7 @@ class Leak:
     chain: list[str]
     kind: str = "field"  # field | escalation
     baselined: bool = False
+    provenance: str | None = None  # "host" | "hyp" | None: whose memory the access touched
 
     @property
     def fingerprint(self) -> str:
@@ -81,7 +84,7 @@ class Leak:
                 "access": self.access, "bytes": self.size, "offset": self.offset,
                 "function": self.function, "file": self.file, "line": self.line, "col": self.col,
                 "origin": self.origin, "via": self.via, "chain": self.chain,
-                "fingerprint": self.fingerprint, "baselined": self.baselined}
+                "fingerprint": self.fingerprint, "baselined": self.baselined, "provenance": self.provenance}
 
 
 @dataclass(slots=True)
@@ -194,12 +197,18 @@ def prove(target, source=None, query: str | Query = "rfc-hyp-scope", *, binary_o
     if not facts.functions:
         raise InputError(f"{inp.elf}: no nVHE hyp code found (no __kvm_nvhe_ functions with DWARF)")
     layouts = {k: v for k, v in load_layouts(inp.elf, ROOTS, use_cache=use_cache).items() if v}
+    layout_notes = []
+    for extra in BOUNDARY_ROOTS:  # sizes for the boundary's kvm accesses: best effort
+        try:
+            layouts.update({k: v for k, v in load_layouts(inp.elf, (extra,), use_cache=use_cache).items() if v})
+        except InputError as e:
+            layout_notes.append(f"struct {extra}: no layout, its fields have no offset or size ({e})")
     if "kvm_vcpu" not in layouts:
         raise InputError(f"{inp.elf}: struct kvm_vcpu not found in DWARF")
     _refuse_unjudgeable(q, layouts, inp)
 
     src_facts = None
-    diagnostics: list[str] = []
+    diagnostics: list[str] = list(layout_notes)
     if inp.compdb is not None:
         step("reading hyp source with libclang")
         src_facts, inp.source_root = _source_facts(inp, use_cache, progress)
@@ -241,7 +250,11 @@ def prove(target, source=None, query: str | Query = "rfc-hyp-scope", *, binary_o
         raise InputError(f"{inp.elf}: query {q.id} judges functions by their parameter types, and neither "
                          "the source nor the DWARF gives any")
     leaks: list[Leak] = []
-    for a, orig_roots in canon:
+    if q.provenance is not None:  # a trust-boundary query: host-owned memory, judged by direction
+        from scopecheck import boundary
+
+        leaks = boundary.judge(q, g, canon, judged_funcs)
+    for a, orig_roots in (canon if q.provenance is None else ()):
         if not a.path or not any(q.judges_root(r) for r in orig_roots):
             continue
         if judged_funcs is not None and a.function not in judged_funcs:
@@ -274,6 +287,8 @@ def prove(target, source=None, query: str | Query = "rfc-hyp-scope", *, binary_o
              # without timings, so that the same inputs give byte-identical output
              "binary": {k: v for k, v in (b_stats if isinstance(b_stats, dict) else {}).items()
                         if k not in ("timings", "unanalysed", "call_args")}}
+    if q.provenance is not None:
+        stats["boundary"] = boundary.section(q, g, [a for a, _ in canon])
     return ProofResult(q, inp, mode, limits, g, [a for a, _ in canon], leaks, footprint, g.unresolved,
                        stats, diagnostics, ledger, source_facts=src_facts)
 
@@ -339,7 +354,7 @@ def _source_facts(inp: Inputs, use_cache: bool, progress):
         # the kernel's database lists no .S: take the hyp assembly of the nvhe objects
         hyp_dir = Path(root) / "arch/arm64/kvm/hyp"
         s_files = sorted(str(p) for p in [*hyp_dir.glob("nvhe/*.S"), *hyp_dir.glob("*.S")])
-    facts = source_facts(c_cmds, roots=ROOTS, cache=use_cache)
+    facts = source_facts(c_cmds, roots=ROOTS + BOUNDARY_ROOTS, cache=use_cache)
     if inp.asm_offsets is not None and s_files:
         _asm_facts(facts, hyp, c_cmds, s_files, inp, kernel, root, use_cache)
     return facts, root
@@ -455,7 +470,7 @@ def _leak(q: Query, g: HypGraph, a: FieldAccess, kind: str) -> Leak:
     chain = [k[0] for k in g.chain(a.function)]
     return Leak(query=q.id, root=a.root, field=a.path, access=a.access, size=a.size, offset=a.offset,
                 function=a.function[0], function_key=a.function, file=a.file, line=a.line, col=a.col,
-                origin=a.origin, via=a.via, chain=chain, kind=kind)
+                origin=a.origin, via=a.via, chain=chain, kind=kind, provenance=a.provenance)
 
 
 def _dedupe(leaks: list[Leak]) -> list[Leak]:

@@ -16,6 +16,12 @@ ignored), ``entry_points`` (function names chains start from; default every hyp 
 ``escalations`` (report container_of / casts to a bigger root; default true),
 ``[applies_to] only_param_type`` (judge only functions whose only vcpu-ish parameter has
 that type), ``severity`` (error | warning | note).
+
+A *trust-boundary* query (``provenance = "host"``) judges instead every access made through
+a host-owned pointer (see :mod:`scopecheck.source.provenance`) by its direction: reads against
+``[allow_read]``, writes against ``[allow_write]`` (same shape as ``[allow]``, which it does not
+need); ``[boundary] path`` names the functions (with their callees) whose host bytes the
+per-vcpu-run totals count (default ``flush_hyp_vcpu``, ``sync_hyp_vcpu``).
 """
 
 from __future__ import annotations
@@ -54,6 +60,18 @@ class Query:
     only_param_type: str | None = None
     vcpu_param_types: list[str] = field(default_factory=list)
     path: Path | None = None
+    provenance: str | None = None  # "host": a trust-boundary query (judges host-owned memory by direction)
+    allow_read: dict[str, list[str]] = field(default_factory=dict)
+    allow_write: dict[str, list[str]] = field(default_factory=dict)
+    boundary_path: list[str] = field(default_factory=list)
+
+    def allowed_direction(self, root: str, path: str, direction: str) -> bool:
+        """A boundary query: is a ``direction`` ("read" / "write") access of root:path allowed?"""
+        table = self.allow_read if direction == "read" else self.allow_write
+        out: list[str] = []
+        for p in table.get(root, []):
+            out.extend(self.virtual[p[1:]] if p.startswith("@") else [p])
+        return any(path_has_prefix(path, p) for p in out)
 
     def allowed_prefixes(self, root: str) -> list[str] | None:
         """Expanded prefixes for ``root`` (virtual groups resolved); None if the root is not listed."""
@@ -154,17 +172,33 @@ def _parse(d: dict, p: Path) -> Query:
     qid = need("id", str)
     if not _ID.match(qid):
         raise InputError(f"{p}: query id {qid!r} must be lower-case letters, digits and '-'")
-    allow = need("allow", dict)
-    for root, prefixes in allow.items():
-        if not isinstance(prefixes, list) or not all(isinstance(x, str) for x in prefixes):
-            raise InputError(f"{p}: allow.{root} must be a list of field-path strings")
+    prov = d.get("provenance")
+    if prov is not None and prov != "host":
+        raise InputError(f"{p}: provenance must be \"host\" (judge accesses through host-owned pointers)")
+    allow = need("allow", dict) if prov is None else d.get("allow", {})
+    if not isinstance(allow, dict):
+        raise InputError(f"{p}: [allow] must be a table")
+    tables = {"allow": allow}
+    for name in ("allow_read", "allow_write"):
+        t = d.get(name, {})
+        if not isinstance(t, dict):
+            raise InputError(f"{p}: [{name}] must be a table")
+        if t and prov is None:
+            raise InputError(f"{p}: [{name}] needs provenance = \"host\"")
+        tables[name] = t
     virtual = d.get("virtual", {})
     if not isinstance(virtual, dict) or not all(_str_list(v) for v in virtual.values()):
         raise InputError(f"{p}: [virtual] must map names to lists of field-path strings")
-    for root, prefixes in allow.items():
-        for x in prefixes:
-            if x.startswith("@") and x[1:] not in virtual:
-                raise InputError(f"{p}: allow.{root} names virtual group {x!r}, which [virtual] lacks")
+    for name, table in tables.items():
+        for root, prefixes in table.items():
+            if not isinstance(prefixes, list) or not all(isinstance(x, str) for x in prefixes):
+                raise InputError(f"{p}: {name}.{root} must be a list of field-path strings")
+            for x in prefixes:
+                if x.startswith("@") and x[1:] not in virtual:
+                    raise InputError(f"{p}: {name}.{root} names virtual group {x!r}, which [virtual] lacks")
+    bnd = d.get("boundary", {})
+    if not isinstance(bnd, dict) or not _str_list(bnd.get("path", [])):
+        raise InputError(f"{p}: [boundary] path must be a list of function names")
     sev = d.get("severity", "error")
     if sev not in SEVERITIES:
         raise InputError(f"{p}: severity must be one of {', '.join(SEVERITIES)}")
@@ -188,4 +222,6 @@ def _parse(d: dict, p: Path) -> Query:
                  severity=sev, allow=allow, virtual=virtual, roots=roots, other_roots=other,
                  entry_points=[str(x) for x in ep], escalations=bool(d.get("escalations", True)),
                  only_param_type=applies.get("only_param_type"),
-                 vcpu_param_types=list(applies.get("vcpu_param_types", [])), path=p)
+                 vcpu_param_types=list(applies.get("vcpu_param_types", [])), path=p,
+                 provenance=prov, allow_read=tables["allow_read"], allow_write=tables["allow_write"],
+                 boundary_path=list(bnd.get("path", [])))

@@ -93,6 +93,7 @@ class ReportData:
     headline: dict
     created: float = field(default_factory=time.time)
     narrow: object | None = None  # NarrowResult (None: binary-only, or a query without [narrow])
+    boundary: dict | None = None  # host/hyp trust boundary (scopecheck.boundary.section), None: no crossing
 
 
 @dataclass(slots=True)
@@ -142,6 +143,11 @@ def from_results(proof, size, *, boot: dict | None = None, label: str | None = N
                       layout=lay, graph=cut, headline={})
     data.headline = headline(data)
     data.narrow = _narrow_of(proof)
+    data.boundary = boundary_of(proof)
+    if data.boundary is not None:
+        t = data.boundary["totals"]
+        data.headline.update(boundary_read_bytes=t["read_bytes"], boundary_write_bytes=t["write_bytes"],
+                             boundary_crossings=t["crossings"], boundary_line=t and _boundary_line(t))
     return data
 
 
@@ -155,6 +161,20 @@ def _narrow_of(proof):
         return narrow(proof=proof)
     except InputError:
         return None
+
+
+def boundary_of(proof) -> dict | None:
+    """The host/hyp boundary of the proof's accesses (whatever the query), None without host crossings."""
+    from scopecheck import boundary
+
+    b = proof.stats.get("boundary") or boundary.section(proof.query, proof.graph, proof.accesses)
+    return b if b["crossings"] else None
+
+
+def _boundary_line(t: dict) -> str:
+    from scopecheck.boundary import summary_line
+
+    return summary_line(t)
 
 
 def kernel_release(inputs) -> str | None:
@@ -415,6 +435,10 @@ def tables(data: ReportData) -> dict:
                                         "offset": m.offset, "access": m.access,
                                         "functions": " ".join(m.functions)} for m in data.derived.members],
                                       columns=["name", "path", "type", "size", "offset", "access", "functions"])
+    if data.boundary is not None:
+        out["boundary"] = pd.DataFrame(
+            [dict(r, functions=" ".join(r["functions"]), sites=" ".join(r["sites"])) for r in data.boundary["fields"]],
+            columns=["root", "field", "offset", "size", "read_bytes", "write_bytes", "on_path", "functions", "sites"])
     cg = [{"function": v["name"], "file": v["file"], "depth": v["depth"], "leaks": v["leaks"],
            "entry": v["entry"]} for v in data.graph.nodes.values()]
     out["callgraph_cut"] = pd.DataFrame(cg, columns=["function", "file", "depth", "leaks", "entry"]) \

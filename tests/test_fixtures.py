@@ -175,7 +175,8 @@ def pahole_size(obj: Path, typename: str) -> int | None:
 
 
 MEMBER_RE = re.compile(r"^(?P<decl>.*?);\s*/\*\s*(?P<off>\d+)(?::\s*\d+)?\s+(?P<size>\d+)\s*\*/\s*$")
-CLOSE_RE = re.compile(r"^\s*\}\s*(?:__attribute__\(\(.*?\)\)\s*)?(?P<name>\w*)\s*(?:__attribute__\(\(.*?\)\))?\s*;"
+_ATTR = r"__attribute__\(\((?:[^()]|\([^()]*\))*\)\)"  # __attribute__((__aligned__(16)))
+CLOSE_RE = re.compile(r"^\s*\}\s*(?:" + _ATTR + r"\s*)?(?P<name>\w*)\s*(?:" + _ATTR + r")?(?P<dims>(?:\[\d*\])*)\s*(?:" + _ATTR + r")?\s*;"
                       r"\s*/\*\s*(?P<off>\d+)\s+(?P<size>\d+)\s*\*/\s*$")
 
 
@@ -226,6 +227,7 @@ def layout_tree(obj: Path, root: str) -> Node:
         if m and len(stack) > 1:
             node = stack.pop()
             node.name, node.off, node.size = m.group("name"), int(m.group("off")), int(m.group("size"))
+            node.dims = tuple(int(d) if d else 0 for d in re.findall(r"\[(\d*)\]", m.group("dims")))
             continue
         m = MEMBER_RE.match(line)
         if m and not s.startswith("}"):

@@ -55,7 +55,56 @@ def render_all(data, runs: list[dict] | None = None) -> dict[str, tuple[bytes, b
             out["narrow"] = _save(narrow_classes(data.narrow, data.label))
         if runs:
             out["trend"] = _save(trend(runs))
+        if getattr(data, "boundary", None):
+            out["boundary"] = _save(boundary_bars(data))
     return out
+
+
+# ---------------------------------------------------------------- host/hyp boundary
+
+C_READ, C_WRITE = "#4c72b0", "#d62728"
+MAX_BOUNDARY_ROWS = 40
+
+
+def boundary_bars(data):
+    """Bytes hyp reads from (untrusted input) and writes to (guest state to the host) host memory, per field."""
+    b = data.boundary
+    rows = sorted(b["fields"], key=lambda r: (-(r["read_bytes"] + r["write_bytes"]), r["root"], r["field"]))
+    shown = rows[:MAX_BOUNDARY_ROWS]
+    fig = _figure(12, 0.32 * len(shown) + 2.4)
+    ax = fig.add_subplot()
+    ys = range(len(shown))
+    reads = [-r["read_bytes"] for r in shown]
+    writes = [r["write_bytes"] for r in shown]
+    ax.barh(ys, reads, color=C_READ, height=0.7, label="read from the host (untrusted input)")
+    ax.barh(ys, writes, color=C_WRITE, height=0.7, label="written to the host (flows to the host)")
+    span = max([1] + [abs(x) for x in reads + writes])
+    for y, r, w in zip(ys, reads, writes):
+        if r:
+            ax.text(r - span * 0.01, y, f"{-r:,}", va="center", ha="right", fontsize=9)
+        if w:
+            ax.text(w + span * 0.01, y, f"{w:,}", va="center", ha="left", fontsize=9)
+    for y, r in zip(ys, shown):
+        if not r["size"]:
+            ax.text(span * 0.01, y, "size unknown (no layout)", va="center", ha="left", fontsize=9, color="#555555")
+    labels = [(f"{r['root']}: " if r["root"] != "kvm_vcpu" else "") + r["field"] + (" *" if r["on_path"] else "")
+              for r in shown]
+    from matplotlib.ticker import FuncFormatter
+
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{abs(v):,.0f}"))
+    ax.set_yticks(list(ys), labels, fontsize=9)
+    ax.invert_yaxis()
+    ax.set_xlim(-span * 1.25, span * 1.25)
+    ax.axvline(0, color="black", linewidth=0.8)
+    ax.set_xlabel("bytes (left: read, right: written)")
+    ax.spines[["top", "right"]].set_visible(False)
+    t = b["totals"]
+    more = f"; {len(rows) - len(shown)} more field(s) in boundary.csv" if len(rows) > len(shown) else ""
+    fig.legend(loc="outside lower center", frameon=False, ncol=2)
+    fig.suptitle(f"{data.label}: host-owned kvm_vcpu / kvm memory hyp reads and writes\n"
+                 f"per vcpu run ({' / '.join(t['path'])}, fields marked *): {t['read_bytes']:,} B read, "
+                 f"{t['write_bytes']:,} B written{more}", x=0.01, ha="left", fontsize=13, fontweight="bold")
+    return fig
 
 
 def _kb(n: int) -> str:

@@ -47,7 +47,10 @@ CAPTIONS = {
     "trend": "Trend across the runs recorded in the history database: struct sizes, the RFC scope, the "
              "derived state and the bytes hyp touches (top), fields touched and leaks (bottom).",
 }
-ORDER = ("sizes", "layout", "callgraph", "leaks", "narrow", "trend")
+CAPTIONS["boundary"] = ("Host/hyp trust boundary. Per field of host-owned kvm_vcpu / kvm memory: bytes hyp reads "
+                        "from it (left, untrusted input for a protected VM) and writes to it (right, state handed "
+                        "to the host); * marks fields moved on the flush/sync path of one vcpu run.")
+ORDER = ("sizes", "layout", "callgraph", "leaks", "boundary", "narrow", "trend")
 
 
 def _png_width(png: bytes) -> int:
@@ -187,6 +190,23 @@ def render(data, figs: dict, csvs: list[str], runs: list[dict] | None = None) ->
     else:
         p.append("<p>No leaks.</p>")
     p.extend(_evidence(r))
+
+    bnd = getattr(data, "boundary", None)
+    if bnd:
+        t = bnd["totals"]
+        p.append(f'<h2 id="boundary">Host/hyp boundary ({t["crossings"]} crossings)</h2>')
+        p.append(f'<p id="boundary-totals">{escape(h.get("boundary_line") or "")}</p>')
+        p.append('<table id="boundary-table"><tr><th>field</th><th>bytes read</th><th>bytes written</th>'
+                 "<th>flush/sync</th><th>functions</th><th>sites</th></tr>")
+        for row in bnd["fields"]:
+            fn = ", ".join(row["functions"][:4]) + (f" +{len(row['functions']) - 4}" if len(row["functions"]) > 4
+                                                      else "")
+            st = ", ".join(row["sites"][:3]) + (f" +{len(row['sites']) - 3}" if len(row["sites"]) > 3 else "")
+            p.append(f"<tr><td><code>{escape(row['root'])}: {escape(row['field'])}</code></td>"
+                     f'<td class="n">{row["read_bytes"] or ""}</td><td class="n">{row["write_bytes"] or ""}</td>'
+                     f'<td>{"yes" if row["on_path"] else ""}</td><td class="chain">{escape(fn)}</td>'
+                     f'<td class="chain">{escape(st)}</td></tr>')
+        p.append("</table>")
 
     if data.derived is not None and data.derived.members:
         d = data.derived

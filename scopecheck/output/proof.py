@@ -41,9 +41,14 @@ def text(r: ProofResult) -> str:
             what = f"escalation {l.field[1:-1]} from {l.root}"
         else:
             b = f", {l.size} B" if l.size else ""
-            what = f"{l.root}: {l.field} ({l.access}{b})"
+            prov = f"{l.provenance} " if q.provenance and l.provenance else ""
+            what = f"{l.root}: {l.field} ({prov}{l.access}{b})"
         out.append(f"  {_loc(l.file, l.line, l.col)}: {l.function}: {what}{mark}")
         out.append(f"      chain: {' -> '.join(l.chain)}")
+    if "boundary" in r.stats:
+        from scopecheck.boundary import summary_line
+
+        out.append(summary_line(r.stats["boundary"]["totals"]))
     if r.unresolved:
         out.append(f"{len(r.unresolved)} indirect call(s) not resolved (see --format json: unresolved_calls)")
     if r.diagnostics:
@@ -110,7 +115,7 @@ def to_sarif(r: ProofResult) -> str:
                "partialFingerprints": {SARIF_FINGERPRINT: l.fingerprint},
                "codeFlows": [{"threadFlows": [{"locations": flow_locs}]}],
                "properties": {"field": f"{l.root}:{l.field}", "access": l.access, "bytes": l.size,
-                              "origin": l.origin, "chain": l.chain}}
+                              "origin": l.origin, "chain": l.chain, "provenance": l.provenance}}
         if l.baselined:
             res["baselineState"] = "unchanged"
         results.append(res)

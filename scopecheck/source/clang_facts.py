@@ -28,11 +28,12 @@ from scopecheck import __version__
 from scopecheck import cache as _cache
 from scopecheck.model_code import (AddressTaken, Escalation, FieldAccess, SourceCall, SourceFacts,
                                    SourceFunction, Unanalysed)
+from scopecheck.source.provenance import ProvSummary
 from scopecheck.paths import atomic_write_bytes, atomic_write_text, cache_dir
 from scopecheck.source.compdb import CompileCommand, clang_args
 
 DEFAULT_ROOTS = ("kvm_vcpu", "kvm_vcpu_arch", "kvm_cpu_context", "pkvm_hyp_vcpu", "vcpu_hyp_state")
-CACHE_SCHEMA = 3  # 2: raw byte-range accesses and Unanalysed records; 3: SourceCall.args
+CACHE_SCHEMA = 4  # 2: byte-range accesses, Unanalysed; 3: SourceCall.args; 4: provenance summaries
 
 #: cumulative counters: ``parsed`` (libclang parses), ``cache_hits``, ``parse_seconds``
 STATS: Counter = Counter()
@@ -55,7 +56,8 @@ def _load(cls, d: dict):
 
 
 _KINDS = {"functions": SourceFunction, "accesses": FieldAccess, "escalations": Escalation,
-          "calls": SourceCall, "address_taken": AddressTaken, "unanalysed": Unanalysed}
+          "calls": SourceCall, "address_taken": AddressTaken, "unanalysed": Unanalysed,
+          "provenance": ProvSummary}
 
 
 class TUFacts:
@@ -111,6 +113,7 @@ def parse_tu(cmd: CompileCommand, roots=DEFAULT_ROOTS, source_root=None) -> TUFa
     import clang.cindex as ci
 
     from scopecheck.source import walker as w
+    from scopecheck.source.provenance import walker_class
 
     out = TUFacts()
     rel = w.relpath_fn(_relroot(cmd, source_root))
@@ -136,7 +139,7 @@ def parse_tu(cmd: CompileCommand, roots=DEFAULT_ROOTS, source_root=None) -> TUFa
     seen = set()
     for c in tu.cursor.get_children():
         if c.kind == K.FUNCTION_DECL and c.is_definition():
-            wk = w.FunctionWalker(c, ctx)
+            wk = walker_class()(c, ctx)
             if wk.key in seen:
                 continue
             seen.add(wk.key)
@@ -145,7 +148,8 @@ def parse_tu(cmd: CompileCommand, roots=DEFAULT_ROOTS, source_root=None) -> TUFa
             out.functions.append(wk.function())
             out.per_function[wk.key] = {"accesses": wk.accesses, "escalations": wk.escalations,
                                         "calls": wk.calls, "address_taken": wk.address_taken,
-                                        "unanalysed": wk.unanalysed}
+                                        "unanalysed": wk.unanalysed,
+                                        "provenance": [wk.prov]}
         elif c.kind == K.VAR_DECL and c.location.file is not None:
             out.file_scope.extend(w.file_scope_address_taken(c, ctx))
     return out
@@ -249,6 +253,7 @@ def source_facts(commands: Iterable[CompileCommand], roots=DEFAULT_ROOTS, files=
     seen_fn: set = set()
     seen_at: set = set()
     memo: dict = {}
+    prov_pairs: list = []  # (ProvSummary, that function's accesses) for the whole-program provenance
     cmds = [c for c in commands if not c.is_asm and c.file.endswith(".c") and _selected(c, files)]
     for i, (cmd, tf) in enumerate(_facts_of(cmds, tuple(roots), source_root, cache, memo), 1):
         if progress:
@@ -262,6 +267,8 @@ def source_facts(commands: Iterable[CompileCommand], roots=DEFAULT_ROOTS, files=
             facts.functions.append(fn)
             recs = tf.per_function.get(fn.key, {})
             facts.accesses.extend(recs.get("accesses", ()))
+            for ps in recs.get("provenance", ()):
+                prov_pairs.append((ps, list(recs.get("accesses", ()))))
             facts.escalations.extend(recs.get("escalations", ()))
             facts.calls.extend(recs.get("calls", ()))
             facts.address_taken.extend(recs.get("address_taken", ()))
@@ -271,6 +278,9 @@ def source_facts(commands: Iterable[CompileCommand], roots=DEFAULT_ROOTS, files=
             if k not in seen_at:
                 seen_at.add(k)
                 facts.address_taken.append(a)
+    from scopecheck.source.provenance import resolve
+
+    resolve(prov_pairs, {a.function for a in facts.address_taken})
     return facts
 
 

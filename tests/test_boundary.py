@@ -1,0 +1,212 @@
+"""The host/hyp trust boundary: provenance of every access and the pkvm-host-boundary query.
+
+On the mini hyp, ``fixtures/mini_hyp/src/host-boundary.c`` marks each access with whose memory
+it touches (``boundary: host|hyp|unknown read|write ROOT:PATH``); the source door must give
+exactly that provenance, the shipped query must report exactly the host ones, and the per-run
+totals must be the distinct bytes pahole gives for those fields. The Linux 6.12 part lives in
+tests/test_boundary_612.py.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from conftest import FIXTURE_BUILD, ROOT, run_cli
+from test_fixtures import needs_pahole, resolve
+
+SRC = ROOT / "fixtures" / "mini_hyp" / "src" / "host-boundary.c"
+VARIANTS = ["before-dwarf5", "after-dwarf4"]
+BMARK = re.compile(r"boundary: (host|hyp|unknown) (read|write) (\w+):([\w.\[\]*]+)")
+PATH = ["hb_flush_hyp_vcpu", "hb_sync_hyp_vcpu"]
+
+
+def boundary_markers() -> list[tuple]:
+    out = []
+    for n, line in enumerate(SRC.read_text().splitlines(), 1):
+        for m in BMARK.finditer(line):
+            out.append((n, m[1], m[2], m[3], m[4]))
+    return out
+
+
+def _dirs(access: str) -> set[str]:
+    return {"read": {"read"}, "write": {"write"}, "rw": {"read", "write"}}.get(access, set())
+
+
+@pytest.fixture(scope="module", params=VARIANTS)
+def src_facts(request):
+    from scopecheck.proof import BOUNDARY_ROOTS, ROOTS
+    from scopecheck.source.compdb import load
+    from scopecheck.source.clang_facts import source_facts
+
+    cmds = [c for c in load(FIXTURE_BUILD / request.param) if c.file.endswith("host-boundary.c")]
+    return source_facts(cmds, roots=ROOTS + BOUNDARY_ROOTS, cache=False)
+
+
+def test_markers_cover_every_kind():
+    ms = boundary_markers()
+    assert {m[1] for m in ms} == {"host", "hyp", "unknown"}
+    assert {m[2] for m in ms} == {"read", "write"}
+    assert any(m[3] == "kvm" for m in ms)
+
+
+def test_every_access_has_the_marked_provenance(src_facts):
+    f = src_facts
+    assert not f.diagnostics
+    got: dict = {}
+    for a in f.accesses:
+        if Path(a.file).name != SRC.name:
+            continue
+        for d in _dirs(a.access):
+            got.setdefault((a.line, d, a.root, a.path), set()).add(a.provenance or "unknown")
+    want = {(n, d, r, p): prov for n, prov, d, r, p in boundary_markers()}
+    for k, prov in want.items():
+        assert got.get(k) == {prov}, f"host-boundary.c:{k[0]} {k[2]}:{k[3]} {k[1]}: want {prov}, got {got.get(k)}"
+    # and no read/write in the file is left without a marker (nothing silently host or hyp)
+    unmarked = {k: v for k, v in got.items() if k not in want and k[2] != "kvm_cpu_context"}
+    assert not unmarked, unmarked
+
+
+def test_whole_struct_copy_is_one_access_of_the_member(src_facts):
+    copies = [a for a in src_facts.accesses if a.path in ("arch.ctxt", "vcpu.arch.ctxt")
+              and a.function[0] in PATH]
+    assert sorted((a.function[0], a.root, a.access, a.provenance) for a in copies) == [
+        ("hb_flush_hyp_vcpu", "kvm_vcpu", "read", "host"),
+        ("hb_flush_hyp_vcpu", "pkvm_hyp_vcpu", "write", "hyp"),
+        ("hb_sync_hyp_vcpu", "kvm_vcpu", "write", "host"),
+        ("hb_sync_hyp_vcpu", "pkvm_hyp_vcpu", "read", "hyp")]
+
+
+@pytest.fixture(scope="module")
+def boundary_proof():
+    from scopecheck.proof import prove
+    from scopecheck.query import load_query
+
+    q = load_query("pkvm-host-boundary")
+    q.boundary_path = PATH
+    return prove(FIXTURE_BUILD / "before-dwarf5", query=q, use_cache=False)
+
+
+def test_query_reports_exactly_the_host_crossings(boundary_proof):
+    r = boundary_proof
+    got = {(l.line, l.access, l.root, l.field) for l in r.leaks if Path(l.file).name == SRC.name}
+    want = {(n, d, root, p) for n, prov, d, root, p in boundary_markers() if prov == "host"}
+    assert got == want
+    assert all(l.provenance == "host" for l in r.leaks)
+    # the host crossings of the older flush/sync in pkvm.c are there too, hyp's own copy is not
+    pkvm = {(l.access, l.field) for l in r.leaks if Path(l.file).name == "pkvm.c"}
+    assert ("read", "arch.ctxt.regs.pc") in pkvm and ("write", "mode") in pkvm
+    assert not any(l.root == "pkvm_hyp_vcpu" for l in r.leaks)
+
+
+@needs_pahole
+def test_totals_are_the_distinct_bytes_pahole_gives(boundary_proof):
+    r = boundary_proof
+    t = r.stats["boundary"]["totals"]
+    obj = FIXTURE_BUILD / "before-dwarf5" / "kvm_nvhe.o"
+    ms = [m for m in boundary_markers() if m[1] == "host" and m[3] == "kvm_vcpu"]
+    fn_of_line = {}
+    for n, line in enumerate(SRC.read_text().splitlines(), 1):
+        m = re.match(r"^static noinline \w+ (\w+)\(|^noinline \w+ (\w+)\(", line)
+        if m:
+            fn_of_line[n] = m[1] or m[2]
+
+    def fn_at(line):
+        return fn_of_line[max(k for k in fn_of_line if k <= line)]
+
+    def span(path):  # a variable index counts the whole array
+        off, size = resolve(obj, "kvm_vcpu", re.sub(r"\[\*\]", "", path))
+        return set(range(off, off + size))
+
+    for d, key in (("read", "read_bytes"), ("write", "write_bytes")):
+        covered = set()
+        for n, _, dd, _, p in ms:
+            if dd == d and fn_at(n) in PATH:
+                covered |= span(p)
+        assert covered and t[key] == len(covered), (d, t)
+    assert t["crossings"] == len({(l.line, l.access, l.root, l.field) for l in r.leaks})
+
+
+def test_cli_text_json_and_baseline_gate(tmp_path):
+    target = str(FIXTURE_BUILD / "before-dwarf5")
+    r = run_cli("callgraph", "--query", "pkvm-host-boundary", target)
+    assert r.returncode == 0, r.stderr
+    assert re.search(r"per vcpu run hyp reads \d+ B from the host and writes \d+ B of guest state to it",
+                     r.stdout)
+    assert "(host read, 1040 B)" in r.stdout  # the whole kvm_cpu_context copied in
+    j = run_cli("callgraph", "--query", "pkvm-host-boundary", "--format", "json", target)
+    d = json.loads(j.stdout)
+    assert d["schema_version"] == 1
+    assert d["leaks"] and all(l["provenance"] == "host" for l in d["leaks"])
+    b = d["stats"]["boundary"]
+    assert b["crossings"] and all(c["provenance"] == "host" for c in b["crossings"])
+    assert {f["field"] for f in b["fields"]} >= {"arch.ctxt", "arch.vgic_cpu.vgic_lr[*]"}
+    base = tmp_path / "base.json"
+    base.write_text(j.stdout)
+    r = run_cli("callgraph", "--query", "pkvm-host-boundary", "--fail-on-leak", "--baseline", str(base), target)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_a_new_crossing_fails_the_gate(tmp_path):
+    """The query's test source, once as is (the baseline) and once with one more host read."""
+    from test_queries import build
+
+    src = ROOT / "queries" / "pkvm-host-boundary.c"
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    text = src.read_text()
+    anchor = "\thyp_vcpu->vcpu.arch.ctxt.__hyp_running_vcpu = NULL;"
+    assert anchor in text
+    (a / src.name).write_text(text)  # same relative file name in both: same fingerprints
+    (b / src.name).write_text(text.replace(anchor, anchor + "\n\thyp_vcpu->vcpu.arch.cntvoff = "
+                                                            "host_vcpu->arch.cntvoff;"))
+    build(a / src.name, a)
+    build(b / src.name, b)
+    base = tmp_path / "base.json"
+    r = run_cli("callgraph", "--query", "pkvm-host-boundary", "-f", "json", "-o", str(base), str(a))
+    assert r.returncode == 0, r.stderr
+    r = run_cli("callgraph", "--query", "pkvm-host-boundary", "-f", "json", "--fail-on-leak",
+                "--baseline", str(base), str(b))
+    assert r.returncode == 1, r.stderr
+    new = [l for l in json.loads(r.stdout)["leaks"] if not l["baselined"]]
+    assert [(l["function"], l["field"], l["access"], l["provenance"]) for l in new] == [
+        ("q_flush", "arch.cntvoff", "read", "host")]
+
+
+@pytest.mark.parametrize("toml,msg", [
+    ('id = "x"\nprovenance = "guest"\n', "provenance must be"),
+    ('id = "x"\n[allow]\n[allow_read]\nkvm_vcpu = []\n', "needs provenance"),
+    ('id = "x"\nprovenance = "host"\n[allow_write]\nkvm_vcpu = "arch"\n', "must be a list"),
+    ('id = "x"\nprovenance = "host"\n[boundary]\npath = "flush"\n', "[boundary] path"),
+])
+def test_bad_boundary_query(tmp_path, toml, msg):
+    p = tmp_path / "q.toml"
+    p.write_text(toml)
+    r = run_cli("callgraph", "--query", str(p), str(FIXTURE_BUILD / "before-dwarf5"))
+    assert r.returncode == 2
+    assert msg in r.stderr and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_provenance_survives_the_source_cache(tmp_path, monkeypatch):
+    """A warm run (facts and provenance summaries read back from the cache) gives the same provenance."""
+    from scopecheck.proof import BOUNDARY_ROOTS, ROOTS
+    from scopecheck.source.clang_facts import STATS, source_facts
+    from scopecheck.source.compdb import load
+
+    monkeypatch.setenv("SCOPECHECK_CACHE", str(tmp_path))
+    cmds = load(FIXTURE_BUILD / "before-dwarf5")
+
+    def prov():
+        f = source_facts(cmds, roots=ROOTS + BOUNDARY_ROOTS, cache=True)
+        return sorted((a.file, a.line, a.col or 0, a.root, a.path, a.access, a.provenance or "") for a in f.accesses)
+
+    cold = prov()
+    hits = STATS["cache_hits"]
+    warm = prov()
+    assert STATS["cache_hits"] > hits
+    assert warm == cold and any(p[-1] == "host" for p in cold)
