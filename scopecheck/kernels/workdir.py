@@ -20,7 +20,7 @@ reset copies those files back from SRC (with a new mtime, so make rebuilds them)
 deletes the ones SRC does not have. SRC itself is never written to.
 
 ccache: when the ``ccache`` program is present every compile goes through it
-(``kernel build``'s masquerade directory on PATH, so command lines are unchanged), with
+(``CC="ccache aarch64-linux-gnu-gcc"``, or ``ccache clang`` with ``--llvm``), with
 ``CCACHE_DIR`` in ``cache_dir("ccache")`` unless set.
 """
 
@@ -48,9 +48,12 @@ SERIES_LOG = "scopecheck-series.log"
 
 
 def ccache_vars(llvm: bool) -> list[str]:
-    """What identifies the ccache set-up in the work tree's key (``kernel build``'s masquerade
-    directory on PATH: kbuild's command lines stay those of a build without ccache)."""
-    return ["ccache"] if shutil.which("ccache") is not None else []
+    """``CC=ccache <compiler>`` when ccache is installed, else nothing."""
+    if shutil.which("ccache") is None:
+        return []
+    from scopecheck.kernels.build import CROSS_GCC
+
+    return [f"CC=ccache {'clang' if llvm else CROSS_GCC}"]
 
 
 def _env() -> dict[str, str]:
@@ -183,7 +186,8 @@ class Workdir:
         done = load_build(self.build_dir)
         if done is None or Path(done.source_dir).resolve() != self.tree.resolve():
             k = build_kernel(self.tree, self.build_dir, config=self.config, jobs=self.jobs, llvm=self.llvm,
-                             progress=self.progress)
+                             progress=self.progress, extra_make_vars=self.cc_vars,
+                             ccache=False)  # CC=ccache ... already (cc_vars)
             return StepBuild(k, round(time.monotonic() - t0, 1), True)
         compiled = self._make(label)
         return StepBuild(done, round(time.monotonic() - t0, 1), False, compiled)
@@ -193,14 +197,11 @@ class Workdir:
 
         make_vars, _ = kb._toolchain(self.llvm)
         log = self.build_dir / SERIES_LOG
-        env = _env()
-        if shutil.which("ccache") is not None:
-            env["PATH"] = f"{kb._ccache_masquerade(self.llvm)}{os.pathsep}{env.get('PATH', '')}"
-        run = kb._Runner(log, env, self.progress)
+        run = kb._Runner(log, _env(), self.progress)
         compiled: list[str] = []
         try:
             run.note(f"===== {label} ({time.strftime('%Y-%m-%d %H:%M:%S')})")
-            make = ["make", "-C", str(self.tree), f"O={self.build_dir}", *make_vars]
+            make = ["make", "-C", str(self.tree), f"O={self.build_dir}", *make_vars, *self.cc_vars]
             rc, lines = run.run(f"{label}: make", make + [f"-j{self.jobs}", "vmlinux", "Image"], self.tree,
                                 check=False)
             if rc != 0:
