@@ -50,12 +50,6 @@ def code_fingerprint() -> str:
     return h.hexdigest()[:32]
 
 
-def file_identity(path) -> dict:
-    """What identifies an input file cheaply: real path, size and mtime (ns)."""
-    st = os.stat(path)
-    return {"path": os.path.realpath(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
-
-
 def key(*parts) -> str:
     """A cache key: SHA-256 of ``parts`` (JSON) and the code fingerprint."""
     body = json.dumps([code_fingerprint(), *parts], sort_keys=True, default=str, separators=(",", ":"))

@@ -295,10 +295,12 @@ def build_cmd(
 
     # every file argument, before anything opens it (a FIFO or /dev/zero must not block)
     check_input_file(src, what="kernel source directory or tarball", dir_ok=True)
-    if config not in ("pkvm-tiny", "defconfig"):
-        check_input_file(config, what="kernel .config (--config)", max_bytes=64 << 20)
+    # (a path that does not exist is left to the build's own messages: unknown config name, no such patch)
+    if config not in ("pkvm-tiny", "defconfig") and _Path(config).expanduser().exists():
+        check_input_file(_Path(config).expanduser(), what="kernel .config (--config)", max_bytes=64 << 20)
     for p in patch or ():
-        check_input_file(p, what="patch (--patch)", max_bytes=256 << 20)
+        if p.expanduser().exists():
+            check_input_file(p.expanduser(), what="patch (--patch)", max_bytes=256 << 20)
     from scopecheck.kernels.patches import build_patch_files
 
     patch = build_patch_files(patch or (), mbox) if (patch or mbox) else patch

@@ -32,7 +32,7 @@ class HypFunction:
     is_asm: bool = False
     external: bool = False
     die_offset: int | None = None
-    ranges: tuple = ()  # ((lo, hi), ...) code ranges, hot and cold parts
+    ranges: tuple[tuple[int, int], ...] = ()  # ((lo, hi), ...) code ranges, hot and cold parts
 
     @property
     def key(self) -> FuncKey:
@@ -58,7 +58,7 @@ class InlinedInstance:
     parent: FuncKey | None  # the enclosing inlined function when nested (depth > 1)
     call_file: str | None
     call_line: int | None
-    ranges: tuple  # ((lo, hi), ...)
+    ranges: tuple[tuple[int, int], ...]  # ((lo, hi), ...)
     depth: int  # 1 = directly in the out-of-line function
     die_offset: int | None = None
 
@@ -258,7 +258,7 @@ class SourceFunction:
     is_static: bool = False
     is_inline: bool = False
     type: str | None = None  # canonical function type, for matching indirect calls
-    params: tuple = ()  # ((name, type spelling), ...)
+    params: tuple[tuple[str, str], ...] = ()  # ((name, type spelling), ...)
 
     @property
     def key(self) -> FuncKey:

@@ -158,3 +158,20 @@ def test_no_cache_writes_and_reads_nothing(tmp_path):
         assert _entries(root, kind), kind
     assert not [p for p in root.rglob("*.pickle")]
     assert os.environ.get("SCOPECHECK_CACHE") != str(root)
+
+
+def test_fields_other_modules_add_just_work(monkeypatch):
+    """A record with a bare ``tuple`` field holding pairs (as a helper might add) comes back with tuples."""
+    import dataclasses
+    import sys
+    import types
+
+    mod = types.ModuleType("scopecheck.fake_records")
+    monkeypatch.setitem(sys.modules, "scopecheck.fake_records", mod)
+    exec("from dataclasses import dataclass\n"
+         "@dataclass(slots=True)\nclass Rec:\n    name: str\n    pairs: tuple = ()\n    extra: int | None = None\n",
+         mod.__dict__)
+    recs = [mod.Rec("a", ((1, 2), (3, 4)), 5), mod.Rec("b")]
+    back = cache.loads(cache.dumps({"recs": recs}))
+    assert back["recs"] == recs and dataclasses.is_dataclass(back["recs"][0])
+    assert back["recs"][0].pairs == ((1, 2), (3, 4)) and isinstance(back["recs"][0].pairs[0], tuple)

@@ -335,7 +335,7 @@ def test_bad_input_is_one_line_exit_2(tmp_path):
         (["report", MINI, "--out", tmp_path / "o", "--boot", notjson], "not JSON"),
         (["report", MINI, "--out", tmp_path / "o", "--history", baddb], "history"),
         (["report", MINI, "--out", tmp_path / "o", "--query", "no-such-query"], "no query"),
-        (["diff", tmp_path / "missing.json", tmp_path / "missing.json"], "cannot read"),
+        (["diff", tmp_path / "missing.json", tmp_path / "missing.json"], "no such file"),
         (["diff", notjson, notjson], "not JSON"),
     ]
     for args, want in cases:
