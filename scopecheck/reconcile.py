@@ -228,9 +228,14 @@ def reconcile(src: SourceFacts | None, b_acc: list[FieldAccess], b_esc: list[Esc
     # a machine access may also stand for a direct callee's source access: GCC's IPA-SRA turns a
     # pointer parameter only read into a value the caller loads (``.isra`` clones)
     callees_of: dict = {}
+    clones = {norm_key(f.key, root) for f in facts.functions
+              if not f.is_asm and f.symbol and any(t in f.symbol for t in (".isra", ".constprop", ".part"))}
+    out_of_line = {norm_key(f.key, root) for f in facts.functions}
     for e in facts.edges:
         if e.caller is not None and e.callee is not None and e.kind in ("call_site", "tail_call", "bl", "b"):
-            callees_of.setdefault(norm_key(e.caller, root), set()).add(norm_key(e.callee, root))
+            c = norm_key(e.callee, root)
+            if c in clones:  # only a clone's parameters were changed by the compiler
+                callees_of.setdefault(norm_key(e.caller, root), set()).add(c)
 
     # ... and a source callee whose inlined copy left no DWARF trace in this caller
     if src is not None:
@@ -244,7 +249,8 @@ def reconcile(src: SourceFacts | None, b_acc: list[FieldAccess], b_esc: list[Esc
             if ck is None:
                 continue
             for b in by_name_b.get(c.callee, ()):
-                callees_of.setdefault(ck, set()).add(b)
+                if b not in out_of_line:  # an out-of-line callee's accesses are in its own code
+                    callees_of.setdefault(ck, set()).add(b)
 
     # ---- source accesses: mapped to binary keys, or compiled away
     src_rows: dict = {}  # binary key -> [(canonical access, original root, matched flag list index)]
