@@ -131,8 +131,9 @@ def parse_tu(cmd: CompileCommand, roots=DEFAULT_ROOTS, source_root=None) -> TUFa
                 wk.run()
             out.functions.append(wk.function())
             out.per_function[wk.key] = {"accesses": wk.accesses, "escalations": wk.escalations,
-                                        "calls": wk.calls, "address_taken": wk.address_taken,
-                                        "unanalysed": wk.unanalysed}
+                                        "calls": wk.calls, "address_taken": wk.address_taken}
+            if wk.unanalysed:
+                out.per_function[wk.key]["unanalysed"] = wk.unanalysed
         elif c.kind == K.VAR_DECL and c.location.file is not None:
             out.file_scope.extend(w.file_scope_address_taken(c, ctx))
     return out
