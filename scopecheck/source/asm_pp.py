@@ -399,7 +399,7 @@ class Expander:
         self.macros: dict[str, Macro] = {}
         self.counter = 0
         self.on_unfollowable = on_unfollowable  # (Line, macro name or None, reason)
-        self.budget = 10 * MAX_EXPANSION  # statements one file may expand to (self-invoking macros)
+        self.budget = 2 * MAX_EXPANSION  # statements one file may expand to (self-invoking macros)
 
     def run(self, lines: list[Line], depth: int = 0, via: str | None = None, site: Line | None = None):
         i = 0
