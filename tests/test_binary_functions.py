@@ -72,7 +72,7 @@ def test_marked_functions_with_decl_line(facts):
         assert f.address is not None and f.size > 0
         assert f.symbol == "__kvm_nvhe_" + name
         if "asm" in props:
-            assert f.is_asm and f.decl_file == "src/" + file
+            assert f.is_asm and f.decl_file == f"src/{file}"
             # as(1) line info starts at the first instruction after the label
             assert line <= f.decl_line <= line + 1
         else:

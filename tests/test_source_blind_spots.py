@@ -356,3 +356,29 @@ def test_asm_accesses_agree_with_the_assembled_objects(variant):
         # a load/store we report nothing for is listed as unanalysed (the .if-guarded macro body)
         listed = {u.line for u in f.unanalysed if u.file == f"src/{s}"}
         assert {ln for ln, _ in machine} <= lines | listed, (s, sorted(machine), sorted(lines | listed))
+
+
+def test_asm_reader_survives_mangled_input():
+    """Random edits of macro-heavy assembly: no exception, bounded time (unparsable lines are listed)."""
+    import random
+
+    base = ("# 1 \"t.S\"\n.macro m a, b=1, c:req, d:vararg\n ldr \\a, [\\c, #(__scopecheck_c_X + 8)]\n"
+            " .if \\b\n m \\a, 0, \\c\n .endif\n.endm\n .globl f\nf:\n m x1, 1, x2\n .rept 3\n"
+            " ldp x1, x2, [x3, #16]!\n .endr\n .irp n, 1, 2\n str x\\n, [x0, #\\n]\n .endr\n"
+            " adrp x5, sym\n add x5, x5, :lo12:sym\n ldr x6, [x5, x7, lsl #3]\n")
+    pieces = list("[]#,.\\()x0123:!; \n") + [".if ", ".endm\n", ".macro z\n", ".rept 99999\n", ".endr\n"]
+    rnd = random.Random(11)
+    for _ in range(40):
+        s = list(base)
+        for _ in range(rnd.randint(1, 20)):
+            j = rnd.randrange(len(s))
+            op = rnd.random()
+            if op < 0.4:
+                del s[j]
+            elif op < 0.8:
+                s.insert(j, rnd.choice(pieces))
+            else:
+                s[j:j] = s[rnd.randrange(len(s)):][:30]
+        res = asm_pp.Result()
+        asm_pp.analyse_file("".join(s), "", "t.S", {"X": ("kvm_vcpu", "a", 8)}, {}, {"sym": "kvm_vcpu"},
+                            {"f": {"x0": "kvm_vcpu"}}, res, lambda x: x)

@@ -7,7 +7,11 @@ translation unit is parsed, so importing this package is cheap.
 * :func:`source_facts` - field accesses, escalations, calls, address-taken functions
   of C translation units, cached per translation unit (:mod:`.clang_facts`);
 * :func:`parse_asm_offsets` / :func:`asm_accesses` - asm-offsets constants in ``.S``
-  files (:mod:`.asm_offsets`).
+  files read as text (:mod:`.asm_offsets`, the fallback);
+* :func:`scopecheck.source.asm_pp.asm_facts` - hyp ``.S`` files through the real
+  preprocessor, assembler macros expanded, registers followed (:mod:`.asm_pp`);
+* byte-range accesses (pointer arithmetic, casts, copies, memcpy/memset, offsetof in
+  inline asm) mapped with libclang's own layouts (:mod:`.raw_access`, :mod:`.clang_layout`).
 """
 
 from scopecheck.source.asm_offsets import asm_accesses, parse_asm_offsets

@@ -399,6 +399,7 @@ class Expander:
         self.macros: dict[str, Macro] = {}
         self.counter = 0
         self.on_unfollowable = on_unfollowable  # (Line, macro name or None, reason)
+        self.budget = 2 * MAX_EXPANSION  # statements one file may expand to (self-invoking macros)
 
     def run(self, lines: list[Line], depth: int = 0, via: str | None = None, site: Line | None = None):
         i = 0
@@ -466,6 +467,11 @@ class Expander:
                     i += 1
                     continue
                 self.counter += 1
+                self.budget -= len(mac.body) + 1
+                if self.budget < 0:
+                    self.on_unfollowable(site or ln, via or mac.name, "expansion budget exhausted")
+                    i += 1
+                    continue
                 outer = site or ln
                 body = [Line(outer.file, outer.line, _subst(b.text, vals, self.counter), via or mac.name)
                         for b in mac.body]
@@ -805,7 +811,7 @@ class FileAnalysis:
         val, const = 0, None
         regoff = False
         if len(parts) >= 2 and not post:
-            if reg(parts[1].split()[0]):
+            if parts[1].split() and reg(parts[1].split()[0]):
                 regoff = True
             else:
                 val, const = immediate(parts[1], self.constants)
@@ -922,7 +928,12 @@ def analyse_file(pp: str, raw_text: str, name: str, constants: dict, layouts: di
     for ln in ex.run(lines):
         if os.path.normpath(ln.file) != main and ln.via is None:
             continue  # a header's own statements (macros are expanded where they are used)
-        fa.statement(ln)
+        try:
+            fa.statement(ln)
+        except (IndexError, ValueError, KeyError, TypeError) as e:  # a statement we cannot parse: say so
+            result.unanalysed.append(Unanalysed(kind="asm-parse", function=fa.current, file=relpath(ln.file),
+                                                line=ln.line, origin="asm",
+                                                detail=f"{ln.text.strip()[:80]}: {type(e).__name__}"))
 
 
 # ---------------------------------------------------------------- layouts and prototypes from C

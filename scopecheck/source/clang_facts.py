@@ -147,9 +147,10 @@ def parse_tu(cmd: CompileCommand, roots=DEFAULT_ROOTS, source_root=None) -> TUFa
                 wk.run()
             out.functions.append(wk.function())
             out.per_function[wk.key] = {"accesses": wk.accesses, "escalations": wk.escalations,
-                                        "calls": wk.calls, "address_taken": wk.address_taken,
-                                        "unanalysed": wk.unanalysed,
-                                        "provenance": [wk.prov]}
+                                        "calls": wk.calls, "address_taken": wk.address_taken}
+            if wk.unanalysed:
+                out.per_function[wk.key]["unanalysed"] = wk.unanalysed
+            out.per_function[wk.key]["provenance"] = [wk.prov]
         elif c.kind == K.VAR_DECL and c.location.file is not None:
             out.file_scope.extend(w.file_scope_address_taken(c, ctx))
     return out
