@@ -257,7 +257,7 @@ def test_failing_hunk_is_named(repo, tmp_path):
     msg = str(e.value)
     assert "0002-hello-f9-multiplies.patch 2/3: hello: f9 multiplies" in msg
     assert "does not apply to the-tree" in msg
-    assert f"first failing hunk: src/hello.c {p2.hunks[0].header}" in msg and "hunk #1" in msg
+    assert f"first failing hunk: src/hello.c {p2.hunks[0].header}" in msg and "Hunk #1 FAILED" in msg
     assert (tree / "src/hello.c").read_text() == before  # nothing half-applied
     # a file the tree does not have
     (tree / "README").unlink()

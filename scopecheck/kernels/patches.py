@@ -436,7 +436,7 @@ def describe_failure(patch: Patch, given: str, output: str) -> str:
             hunk = next((h for h in patch.hunks if h.file == cur and h.index == idx), None)
             header = hunk.header if hunk else f"hunk #{idx}"
             return (f"patch {patch.label} does not apply to {given}: first failing hunk: {cur or '?'} "
-                    f"{header} (hunk #{idx}, expected at line {m.group(2)})")
+                    f"{header} (patch says: {m.group(0)})")
         if "can't find file to patch" in l or "No file to patch" in l:
             missing = next((h.file for h in patch.hunks if h.file == cur), None) or (patch.files[:1] or ["?"])[0]
             return f"patch {patch.label} does not apply to {given}: {missing}: no such file in the tree"
