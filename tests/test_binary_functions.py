@@ -24,7 +24,8 @@ def _definition_line(file: str, name: str) -> int:
     """The line defining C function ``name`` (or the asm label) in src/``file``."""
     pat = re.compile(rf"^{re.escape(name)}:" if file.endswith(".S") else rf"^[^;#/]*\b{re.escape(name)}\s*\(")
     for i, line in enumerate((SRC / file).read_text().splitlines(), 1):
-        if pat.search(line) and (file.endswith(".S") or not line.rstrip().endswith(";")):
+        code = re.sub(r"/\*.*?\*/", "", line).rstrip()  # a call with a trailing marker comment is no definition
+        if pat.search(code) and (file.endswith(".S") or not code.endswith(";")):
             return i
     raise AssertionError(f"{name} not defined in {file}")
 

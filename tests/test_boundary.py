@@ -139,7 +139,7 @@ def test_cli_text_json_and_baseline_gate(tmp_path):
     assert "(host read, 1040 B)" in r.stdout  # the whole kvm_cpu_context copied in
     j = run_cli("callgraph", "--query", "pkvm-host-boundary", "--format", "json", target)
     d = json.loads(j.stdout)
-    assert d["schema_version"] == 1
+    assert d["schema_version"] == 2
     assert d["leaks"] and all(l["provenance"] == "host" for l in d["leaks"])
     b = d["stats"]["boundary"]
     assert b["crossings"] and all(c["provenance"] == "host" for c in b["crossings"])
@@ -154,7 +154,7 @@ def test_a_new_crossing_fails_the_gate(tmp_path):
     """The query's test source, once as is (the baseline) and once with one more host read."""
     from test_queries import build
 
-    src = ROOT / "queries" / "pkvm-host-boundary.c"
+    src = ROOT / "scopecheck" / "queries" / "pkvm-host-boundary.c"
     a, b = tmp_path / "a", tmp_path / "b"
     a.mkdir()
     b.mkdir()

@@ -60,6 +60,10 @@ _KINDS = {"functions": SourceFunction, "accesses": FieldAccess, "escalations": E
           "provenance": ProvSummary}
 
 
+def _deep_tuple(v):
+    return tuple(_deep_tuple(x) for x in v) if isinstance(v, list) else v
+
+
 class TUFacts:
     """What one translation unit yielded, grouped by function key for cross-TU dedupe."""
 
@@ -79,15 +83,23 @@ class TUFacts:
 
     def to_wire(self) -> tuple:
         """For :mod:`scopecheck.cache` (typed msgpack): records stay dataclasses, keys become tuples."""
-        return (self.functions, [(tuple(k), d) for k, d in self.per_function.items()], self.file_scope,
-                self.diagnostics, self.includes)
+        # provenance summaries hold symbolic, mixed-type lists: they travel as JSON text
+        return (self.functions, [(tuple(k), {n: v for n, v in d.items() if n != "provenance"})
+                                 for k, d in self.per_function.items()], self.file_scope,
+                self.diagnostics, self.includes,
+                [json.dumps([list(k), [_dump(r) for r in d.get("provenance", ())]])
+                 for k, d in self.per_function.items()])
 
     @classmethod
     def from_wire(cls, w: tuple) -> "TUFacts":
         t = cls()
-        functions, per_function, t.file_scope, t.diagnostics, t.includes = w
+        functions, per_function, t.file_scope, t.diagnostics, t.includes, prov = w
         t.functions = functions
         t.per_function = {tuple(k): d for k, d in per_function}
+        for text in prov:
+            k, recs = json.loads(text)
+            if recs:
+                t.per_function.setdefault(_deep_tuple(k), {})["provenance"] = [_load(ProvSummary, r) for r in recs]
         return t
 
     @classmethod
