@@ -181,7 +181,7 @@ def paths_for_range(layout: StructLayout, off: int, size: int) -> list[str]:
             elo = lo + i * hit.element_size
             if off + size > elo + hit.element_size:
                 return [cur] if exact else _spread(layout, off, size)
-            cur += _index(hit, i)
+            cur += element_index(hit, i)
             if not hit.members or (elo, hit.element_size) == (off, size):
                 return [cur]
             path, members, shift = cur, hit.members, shift + i * hit.element_size
@@ -199,7 +199,8 @@ def _spell(path: str, m: Member) -> str:
     return f"{path}.{m.name}" if path else m.name
 
 
-def _index(m: Member, flat: int) -> str:
+def element_index(m: Member, flat: int) -> str:
+    """``[i][j]`` of the ``flat``-th element of array member ``m`` (C order)."""
     dims = [d or 1 for d in m.array_dims]
     idx = []
     for d in reversed(dims):
@@ -234,7 +235,7 @@ def array_path(layout: StructLayout, off: int, stride: int | None = None) -> str
             if not hit.members:
                 return best
             i = (off - hit.offset - shift) // hit.element_size
-            path, members, shift = cur + _index(hit, i), hit.members, shift + i * hit.element_size
+            path, members, shift = cur + element_index(hit, i), hit.members, shift + i * hit.element_size
             continue
         path, members = cur, hit.members
     return best

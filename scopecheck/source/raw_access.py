@@ -27,6 +27,7 @@ import clang.cindex as ci
 
 from scopecheck.model import Member, StructLayout
 from scopecheck.source import clangext as cx
+from scopecheck.source.clang_layout import element_index as _index
 
 K = ci.CursorKind
 
@@ -156,15 +157,6 @@ def member_at(layout: StructLayout, off: int, name: str) -> str | None:
 
 def _bare(t: str) -> str:
     return re.sub(r"\b(const|volatile|struct|union)\b", "", t).strip()
-
-
-def _index(m: Member, flat: int) -> str:
-    dims = [d or 1 for d in m.array_dims]
-    idx = []
-    for d in reversed(dims):
-        idx.append(flat % d)
-        flat //= d
-    return "".join(f"[{i}]" for i in reversed(idx))
 
 
 def cover(layout: StructLayout, off: int, size: int) -> list[str]:
