@@ -83,6 +83,12 @@ class _Shdr:
     info: int
 
 
+
+def _int(attr) -> int | None:
+    """An attribute's value when it is an integer; None when absent or of a corrupt form."""
+    v = getattr(attr, "value", None)
+    return v if isinstance(v, int) and not isinstance(v, bool) else None
+
 def section_headers(elf: ElfImage) -> list[_Shdr]:
     """Every section header, by index (ElfImage keeps them by name only)."""
     m = elf.map
@@ -298,7 +304,7 @@ class _DwarfWalker:
         return t
 
     def file_name(self, cu, idx) -> str | None:
-        if idx is None:
+        if not isinstance(idx, int) or isinstance(idx, bool):
             return None
         t = self.files(cu)
         return t[idx] if 0 <= idx < len(t) else None
@@ -316,7 +322,7 @@ class _DwarfWalker:
         f = a.get("DW_AT_decl_file")
         dfile = self.file_name(die.cu, f.value) if f is not None else None
         ln = a.get("DW_AT_decl_line")
-        dline = ln.value if ln is not None else None
+        dline = _int(ln)
         ext = "DW_AT_external" in a
         decl = "DW_AT_declaration" in a
         for ref in ("DW_AT_abstract_origin", "DW_AT_specification"):
@@ -359,7 +365,7 @@ class _DwarfWalker:
         if self._rl is None:
             return ()
         top = die.cu.get_top_DIE().attributes.get("DW_AT_low_pc")
-        base = top.value if top is not None else 0
+        base = _int(top) or 0
         out = []
         try:
             entries = self._rl.get_range_list_at_offset(r.value, cu=die.cu)
@@ -434,7 +440,7 @@ class _DwarfWalker:
                 cf = a.get("DW_AT_call_file")
                 cl = a.get("DW_AT_call_line")
                 cfile = self.file_name(ch.cu, cf.value) if cf is not None else None
-                cline = cl.value if cl is not None else None
+                cline = _int(cl)
                 rs = self.ranges(ch)
                 self.inlined.append(InlinedInstance(callee=okey, caller=fkey, parent=parent, call_file=cfile,
                                                     call_line=cline, ranges=rs, depth=depth + 1,
@@ -461,7 +467,8 @@ class _DwarfWalker:
                     origin = None
                 break
         pc = a.get("DW_AT_call_return_pc") or a.get("DW_AT_low_pc")
-        addr = pc.value - 4 if pc is not None else None
+        pcv = _int(pc)
+        addr = pcv - 4 if pcv is not None else None
         tail = "DW_AT_call_tail_call" in a or "DW_AT_GNU_tail_call" in a
         indirect = "DW_AT_call_target" in a or "DW_AT_GNU_call_site_target" in a or origin is None
         cf, cl = a.get("DW_AT_call_file"), a.get("DW_AT_call_line")
@@ -470,7 +477,7 @@ class _DwarfWalker:
             caller=fkey, callee=callee, kind="tail_call" if tail else "call_site",
             indirect=indirect and callee is None,
             file=self.file_name(die.cu, cf.value) if cf is not None else None,
-            line=cl.value if cl is not None else None, address=addr,
+            line=_int(cl), address=addr,
             callee_name=callee[0] if callee else None, inline_caller=parent))
 
     def line_of(self, cu, addr: int) -> int | None:
