@@ -285,10 +285,19 @@ def test_cache_warm_run_and_header_change(tmp_path, monkeypatch):
     assert STATS["parsed"] - before["parsed"] == n_c
     monkeypatch.undo()
     monkeypatch.setenv("SCOPECHECK_CACHE", str(tmp_path / "cache"))
+    # corrupt whole-program entries alone (one per state above): the per-TU entries answer,
+    # nothing is parsed
+    wholes = list((tmp_path / "cache" / "source").glob("*.whole.msgpack"))
+    assert len(wholes) == 3
+    for p in wholes:
+        p.write_text("{corrupt")
+    before = STATS.copy()
+    assert source_facts(cmds, roots=ROOTS) == cold
+    assert STATS["parsed"] == before["parsed"]
     # a corrupt cache file is ignored and rewritten
     entries = list((tmp_path / "cache" / "source").glob("*.facts.msgpack"))
     assert entries and not list((tmp_path / "cache" / "source").glob("*.pickle"))
-    for p in entries:
+    for p in entries + list((tmp_path / "cache" / "source").glob("*.whole.msgpack")):
         p.write_text("{corrupt")
     before = STATS.copy()
     assert source_facts(cmds, roots=ROOTS) == cold

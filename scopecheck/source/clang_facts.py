@@ -33,7 +33,7 @@ from scopecheck.paths import atomic_write_bytes, atomic_write_text, cache_dir
 from scopecheck.source.compdb import CompileCommand, clang_args
 
 DEFAULT_ROOTS = ("kvm_vcpu", "kvm_vcpu_arch", "kvm_cpu_context", "pkvm_hyp_vcpu", "vcpu_hyp_state")
-CACHE_SCHEMA = 4  # 2: byte-range accesses, Unanalysed; 3: SourceCall.args; 4: provenance summaries
+CACHE_SCHEMA = 5  # 2: byte-range accesses, Unanalysed; 3: SourceCall.args; 4: provenance summaries; 5: header functions not walked carry no per-function entry
 
 #: cumulative counters: ``parsed`` (libclang parses), ``cache_hits``, ``parse_seconds``
 STATS: Counter = Counter()
@@ -116,6 +116,30 @@ class TUFacts:
 
 # ---------------------------------------------------------------- parsing one TU
 
+#: (header file, its mtime and size, extent offsets, report root) -> the SourceFunction of a
+#: header function not worth walking (see :meth:`walker.Context.worth_walking`)
+_HEADER_FUNCTIONS: dict = {}
+
+
+def _header_key(c, ctx, relroot: str, stamps: dict):
+    """The memo key of a function defined outside the main file and outside kvm code, or None."""
+    loc = c.location  # one libclang lookup gives file and offset of the name
+    f = loc.file
+    if f is None:
+        return None
+    name = os.path.normpath(f.name)
+    if name == ctx.main_file or "kvm" in name:
+        return None
+    stamp = stamps.get(name)
+    if stamp is None:
+        try:
+            o = os.stat(name)
+            stamp = stamps[name] = (o.st_mtime_ns, o.st_size)
+        except OSError:
+            return None
+    return (name, stamp, loc.offset, c.spelling, relroot)
+
+
 def _relroot(cmd: CompileCommand, source_root) -> str:
     return os.path.normpath(str(source_root)) if source_root else cmd.directory
 
@@ -149,14 +173,27 @@ def parse_tu(cmd: CompileCommand, roots=DEFAULT_ROOTS, source_root=None) -> TUFa
     ctx = w.Context(tu, roots, rel)
     K = ci.CursorKind
     seen = set()
+    relroot = _relroot(cmd, source_root)
+    stamps: dict = {}
     for c in tu.cursor.get_children():
         if c.kind == K.FUNCTION_DECL and c.is_definition():
+            # A generic header function that never names a root (most of the ~5,000 static
+            # inlines every hyp TU includes) gives only its SourceFunction record, the same in
+            # every TU that includes the header: computed once per process.
+            hk = _header_key(c, ctx, relroot, stamps)
+            rec = _HEADER_FUNCTIONS.get(hk) if hk is not None else None
+            if rec is None and hk is not None and not ctx.worth_walking(c):
+                rec = _HEADER_FUNCTIONS[hk] = walker_class()(c, ctx).function()
+            if rec is not None:
+                if rec.key not in seen:
+                    seen.add(rec.key)
+                    out.functions.append(rec)
+                continue
             wk = walker_class()(c, ctx)
             if wk.key in seen:
                 continue
             seen.add(wk.key)
-            if ctx.worth_walking(c):
-                wk.run()
+            wk.run()
             out.functions.append(wk.function())
             out.per_function[wk.key] = {"accesses": wk.accesses, "escalations": wk.escalations,
                                         "calls": wk.calls, "address_taken": wk.address_taken}
@@ -262,12 +299,45 @@ def source_facts(commands: Iterable[CompileCommand], roots=DEFAULT_ROOTS, files=
     diagnostic. Functions defined in several translation units (static inlines in headers)
     are reported once.
     """
+    memo: dict = {}
+    cmds = [c for c in commands if not c.is_asm and c.file.endswith(".c") and _selected(c, files)]
+    whole = _whole_path(cmds, tuple(roots), source_root, memo) if cache and _cache.enabled() else None
+    if whole is not None:
+        hit = _cache.read(whole)
+        if isinstance(hit, SourceFacts):
+            STATS["cache_hits"] += len(cmds)
+            STATS["whole_program_hits"] += 1
+            return hit
+    facts = _merge(cmds, roots, source_root, cache, memo, progress)
+    if cache and _cache.enabled():
+        whole = _whole_path(cmds, tuple(roots), source_root, memo)  # every TU is cached by now
+        if whole is not None:
+            _cache.write(whole, facts)
+    return facts
+
+
+def _whole_path(cmds, roots, source_root, memo) -> Path | None:
+    """Where the merged, provenance-resolved facts of exactly these translation units are
+    cached: the hash of every TU's facts key, or None while any TU is not cached yet."""
+    h = hashlib.sha256(json.dumps([CACHE_SCHEMA, sorted(roots), str(source_root)]).encode())
+    d = None
+    for c in cmds:
+        args = clang_args(c)
+        d, index_p = _index_path(args, c, roots, source_root)
+        idx = _read_json(index_p)
+        if not (isinstance(idx, dict) and isinstance(idx.get("includes"), list)):
+            return None
+        h.update(_tu_key(args + sorted(roots), c.file, idx["includes"], memo).encode() + b"\0")
+    if d is None:
+        return None
+    return d / f"{h.hexdigest()}.whole.msgpack"
+
+
+def _merge(cmds, roots, source_root, cache: bool, memo: dict, progress) -> SourceFacts:
     facts = SourceFacts()
     seen_fn: set = set()
     seen_at: set = set()
-    memo: dict = {}
     prov_pairs: list = []  # (ProvSummary, that function's accesses) for the whole-program provenance
-    cmds = [c for c in commands if not c.is_asm and c.file.endswith(".c") and _selected(c, files)]
     for i, (cmd, tf) in enumerate(_facts_of(cmds, tuple(roots), source_root, cache, memo), 1):
         if progress:
             progress(f"[{i}/{len(cmds)}] {cmd.file}")
@@ -321,6 +391,8 @@ def _facts_of(cmds, roots, source_root, cache: bool, memo: dict):
     try:
         with cf.ProcessPoolExecutor(max_workers=min(os.cpu_count() or 1, len(todo)),
                                     mp_context=mp.get_context("fork")) as ex:
+            # biggest first, so that no worker is left with a big one at the end
+            todo.sort(key=_weight, reverse=True)
             jobs = [(c, roots, source_root, cache) for c in todo]
             for c, (tf, st) in zip(todo, ex.map(_tu_job, jobs)):
                 done[c.file, c.arguments] = tf
@@ -330,6 +402,13 @@ def _facts_of(cmds, roots, source_root, cache: bool, memo: dict):
     for c in cmds:
         tf = done.get((c.file, c.arguments))
         yield c, tf if tf is not None else cached_tu(c, roots, source_root, cache, memo)
+
+
+def _weight(cmd) -> int:
+    try:
+        return os.path.getsize(cmd.file)
+    except OSError:
+        return 0
 
 
 def _cached_only(cmd, roots, source_root, memo) -> bool:
