@@ -595,11 +595,34 @@ def _btf_possible() -> tuple[bool, str]:
 # --------------------------------------------------------------------------- config
 
 
-def fragment_text(config: str) -> str:
-    """The fragment merged for ``config`` (BTF section included): pkvm-tiny's, or the debug overlay."""
-    if config == "pkvm-tiny":
-        return importlib.resources.files("scopecheck").joinpath("data/configs/pkvm-tiny.config").read_text()
-    return DEBUG_OVERLAY
+def fragment_text(config: str, version: str = "") -> str:
+    """The fragment merged for ``config`` (BTF section included): pkvm-tiny's, or the debug overlay.
+
+    ``version`` (the tree's, ``6.12.118``): sections of pkvm-tiny marked ``# scopecheck:since X.Y``
+    ... ``# scopecheck:end`` are kept only for trees of version X.Y or later (all of them
+    when the version is not known).
+    """
+    if config != "pkvm-tiny":
+        return DEBUG_OVERLAY
+    text = importlib.resources.files("scopecheck").joinpath("data/configs/pkvm-tiny.config").read_text()
+    have = _version_tuple(version)
+    out, keep = [], True
+    for line in text.splitlines(keepends=True):
+        m = re.match(r"#\s*scopecheck:since\s+(\d+)\.(\d+)\s*$", line)
+        if m:
+            keep = have is None or have >= (int(m.group(1)), int(m.group(2)))
+            continue
+        if line.strip() == "# scopecheck:end":
+            keep = True
+            continue
+        if keep:
+            out.append(line)
+    return "".join(out)
+
+
+def _version_tuple(version: str) -> Optional[tuple[int, int]]:
+    m = re.match(r"(\d+)\.(\d+)", version or "")
+    return (int(m.group(1)), int(m.group(2))) if m else None
 
 
 def _strip_btf(text: str) -> str:
@@ -751,7 +774,7 @@ def _configure(run: _Runner, tree: Path, out: Path, make: list[str], config: str
     """
     from scopecheck.kernels import kconfig as kc
 
-    frag_src = fragment_text("pkvm-tiny" if config == "pkvm-tiny" else "overlay")
+    frag_src = fragment_text("pkvm-tiny" if config == "pkvm-tiny" else "overlay", _kernel_version(tree))
     frag_path = out / "scopecheck.fragment.config"
     if config == "pkvm-tiny":
         run.run("config: make tinyconfig", make + ["tinyconfig"], tree)
@@ -856,7 +879,8 @@ def _config_fingerprint(tree: Path, config: str, config_file: Optional[Path], ma
                         toolchain: str, btf: Optional[bool]) -> str:
     """What the ``.config`` of a build depends on (not the tree's file contents: hyp edits keep it)."""
     parts = [f"recipe{RECIPE_VERSION}", str(tree.resolve()), config, toolchain, str(btf),
-             " ".join(make_vars), fragment_text("pkvm-tiny" if config == "pkvm-tiny" else "overlay"),
+             " ".join(make_vars),
+             fragment_text("pkvm-tiny" if config == "pkvm-tiny" else "overlay", _kernel_version(tree)),
              str(pahole_version())]
     for rel in ("Makefile", "arch/arm64/Kconfig", "lib/Kconfig.debug", "arch/arm64/kvm/Kconfig"):
         try:
@@ -1052,7 +1076,7 @@ def build_key(src: os.PathLike | str, config: str = "pkvm-tiny", patches: Sequen
         "llvm": llvm,
     }
     if config in CONFIG_NAMES:
-        parts["config"] = [config, fragment_text(config if config == "pkvm-tiny" else "overlay")]
+        parts["config"] = [config, fragment_text(config if config == "pkvm-tiny" else "overlay", source.version)]
     else:
         p = Path(config).expanduser()
         if not p.is_file():

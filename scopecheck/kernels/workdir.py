@@ -224,7 +224,7 @@ def workdir_key(source, config: str, llvm: bool) -> str:
     from scopecheck.kernels import build as kb
 
     if config in kb.CONFIG_NAMES:
-        cfg = [config, kb.fragment_text(config if config == "pkvm-tiny" else "overlay")]
+        cfg = [config, kb.fragment_text(config if config == "pkvm-tiny" else "overlay", source.version)]
     else:
         cfg = ["file", hashlib.sha256(Path(config).read_bytes()).hexdigest(), kb.DEBUG_OVERLAY]
     parts = [WORKDIR_VERSION, kb.RECIPE_VERSION, source.identity, cfg, kb._toolchain(llvm)[1],
