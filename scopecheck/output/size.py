@@ -46,7 +46,7 @@ def table(reports: list[SizeReport]) -> str:
         if rep.pahole_note:
             out.append(f"note: {rep.pahole_note}")
         elif rep.pahole is not None and not rep.mismatches:
-            out.append(f"pahole {rep.pahole_version}: sizes agree")
+            out.append(f"pahole {rep.pahole_version} (read the {rep.pahole_format or 'DWARF'}): sizes agree")
         out.append("")
     return "\n".join(out)
 
