@@ -9,13 +9,16 @@ from typing import Optional
 from scopecheck.boot.qemu import QemuRun
 
 MARK = "SCOPECHECK: "
+#: what the kernel prints when hyp came up in each mode. pKVM runs its nVHE hyp code with
+#: HCR_EL2.E2H set ("hVHE") on CPUs with VHE since 6.5 (QEMU -cpu max is one): same code, same proof.
 HYP_OK = {
-    "protected": "Protected nVHE mode initialized successfully",
-    "nvhe": "Hyp mode initialized successfully",
+    "protected": ("Protected nVHE mode initialized successfully", "Protected hVHE mode initialized successfully"),
+    "nvhe": ("Hyp mode initialized successfully",),
 }
 #: kernel lines that explain why hyp did not come up as requested
 HYP_TROUBLE = ("HYP mode not available", "error initializing Hyp mode", "VHE mode initialized successfully",
-               "Protected nVHE mode initialized successfully", "Hyp mode initialized successfully",
+               "Protected nVHE mode initialized successfully", "Protected hVHE mode initialized successfully",
+               "Hyp mode initialized successfully",
                "KVM is not available", "kvm [", "kvm:", "CPU: CPUs started in inconsistent modes")
 _BTF_RE = re.compile(r"SCOPECHECK: btf struct (\w+) (?:size (\d+)|absent)")
 _TS_RE = re.compile(r"^\[\s*\d+\.\d+\]\s*")
@@ -51,13 +54,14 @@ def _why_not_reached(run: QemuRun, stage: str) -> str:
 
 def hyp_check(run: QemuRun, mode: str) -> Check:
     want = HYP_OK[mode]
-    got = _grep(run.console, want)
+    got = _grep(run.console, *want)
     if mode == "nvhe":  # "Protected nVHE mode initialized successfully" contains the nVHE text too
         got = [ln for ln in got if "Protected" not in ln]
     if got:
-        return Check("hyp-initialised", True, got[:1], f"hyp initialised in {mode} mode")
+        how = " (hVHE: nVHE hyp code with E2H set)" if "hVHE" in got[0] else ""
+        return Check("hyp-initialised", True, got[:1], f"hyp initialised in {mode} mode{how}")
     ev = _grep(run.console, *HYP_TROUBLE)[-8:]
-    detail = f"no '{want}' on the console"
+    detail = "no " + " or ".join(f"'{w}'" for w in want) + " on the console"
     if not run.console:
         detail += "; the kernel printed nothing (wrong or corrupted image?)"
     elif run.panicked or run.timed_out:
