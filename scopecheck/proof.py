@@ -231,7 +231,11 @@ def prove(target, source=None, query: str | Query = "rfc-hyp-scope", *, binary_o
     if q.only_param_type or "pkvm_hyp_vcpu" in (q.roots or ()):
         from scopecheck.binary.params import param_types
 
-        params = {norm_key(k, root_str): v for k, v in param_types(inp.elf, facts).items()}
+        raw_params = param_types(inp.elf, facts)
+        params = {norm_key(k, root_str): v for k, v in raw_params.items()}
+        if raw_params.unreadable:  # never silent: listed as unanalysed evidence
+            b_stats = dict(b_stats) if isinstance(b_stats, dict) else {}
+            b_stats["unanalysed"] = list(b_stats.get("unanalysed", ())) + raw_params.unreadable
     # reconcile: every machine access explained by the source or reported itself, nothing dropped
     step("reconciling source and machine code")
     from scopecheck.reconcile import reconcile

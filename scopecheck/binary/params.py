@@ -14,10 +14,19 @@ from __future__ import annotations
 from scopecheck.binary.dwarf import children, open_dwarf, reading_dwarf
 from scopecheck.binary.elf import ElfImage
 from scopecheck.binary.types import type_name
-from scopecheck.model_code import HypFacts
+from scopecheck.model_code import HypFacts, Unanalysed
 
 
-def param_types(elf_or_path, facts: HypFacts) -> dict:
+class Params(dict):
+    """FuncKey -> ((name, type), ...); ``unreadable``: an :class:`Unanalysed` (``dwarf-form``) per
+    function whose parameter types could not be read (a query judging by type cannot judge it)."""
+
+    def __init__(self):
+        super().__init__()
+        self.unreadable: list[Unanalysed] = []
+
+
+def param_types(elf_or_path, facts: HypFacts) -> Params:
     own = not isinstance(elf_or_path, ElfImage)
     elf = ElfImage(elf_or_path) if own else elf_or_path
     try:
@@ -29,7 +38,9 @@ def param_types(elf_or_path, facts: HypFacts) -> dict:
 
 
 def _params_of(die, depth=0) -> tuple | None:
-    """((name, type), ...) of a subprogram DIE, following DW_AT_abstract_origin/specification."""
+    """((name, type), ...) of a subprogram DIE, following DW_AT_abstract_origin/specification.
+
+    A parameter whose type cannot be read has type ``"?"``."""
     out = []
     seen = False
     for ch in children(die):
@@ -61,23 +72,31 @@ def _params_of(die, depth=0) -> tuple | None:
     return tuple(out)
 
 
-def _run(elf: ElfImage, facts: HypFacts) -> dict:
+def _run(elf: ElfImage, facts: HypFacts) -> Params:
     dwarf = open_dwarf(elf)
-    out: dict = {}
+    out = Params()
 
     def die_at(off):
         cu = dwarf.get_CU_containing(off)
         return cu.get_DIE_from_refaddr(off)
 
+    def unreadable(key, file, line, why):
+        out.unreadable.append(Unanalysed("dwarf-form", key, file, line, None,
+                                         f"parameter types not readable from the DWARF: {why}", origin="binary"))
+
+    files = {f.key: (f.decl_file, f.decl_line) for f in facts.functions}
     for f in facts.functions:
         if f.die_offset is None or f.key in out:
             continue
         try:
             p = _params_of(die_at(f.die_offset))
-        except Exception:
+        except Exception as e:  # a corrupt DIE: this function cannot be judged by its types
+            unreadable(f.key, f.decl_file, f.decl_line, type(e).__name__)
             continue
         if p is not None:
             out[f.key] = p
+            if any(t == "?" for _n, t in p):
+                unreadable(f.key, f.decl_file, f.decl_line, "a parameter's type")
     for inst in facts.inlined:
         if inst.die_offset is None or inst.callee in out:
             continue
@@ -85,7 +104,8 @@ def _run(elf: ElfImage, facts: HypFacts) -> dict:
             d = die_at(inst.die_offset)
             o = d.get_DIE_from_attribute("DW_AT_abstract_origin") if "DW_AT_abstract_origin" in d.attributes else d
             p = _params_of(o)
-        except Exception:
+        except Exception as e:
+            unreadable(inst.callee, *files.get(inst.callee, (None, None)), type(e).__name__)
             continue
         if p is not None:
             out[inst.callee] = p
