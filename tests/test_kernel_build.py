@@ -133,7 +133,7 @@ def test_config_options_stuck(tiny61):
         assert cfg.get(opt) == "y", opt
     assert cfg.get("CONFIG_DEBUG_INFO_REDUCED", "n") == "n"
     # every y the fragment asks for (BTF only when it was possible)
-    frag = kb._parse_config(kb.fragment_text("pkvm-tiny"))
+    frag = kb._parse_config(kb.fragment_text("pkvm-tiny", tiny61.kernel_version))
     for opt, want in frag.items():
         if opt in kb.BTF_OPTIONS and not tiny61.btf:
             continue
