@@ -148,6 +148,23 @@ def summary_line(t: dict) -> str:
     return s
 
 
+def verdict_line(t: dict) -> str:
+    """The text verdict of a trust-boundary query without leaks: never "no leaks" from what was not judged."""
+    judged, unknown = t.get("judged", 0), t.get("unknown_provenance", 0)
+    if not unknown:
+        return f"no leaks: every touched field is in scope (all {judged} access(es) to vcpu/kvm memory judged)"
+    return (f"no leaks among the {judged} judged access(es); {unknown} access(es) in "
+            f"{t.get('unknown_functions', 0)} function(s) NOT judged (whose memory they touch is not known)")
+
+
+def unjudgeable(t: dict) -> str | None:
+    """Why a trust-boundary query cannot be judged at all (nothing judged, something not), or None."""
+    if t.get("judged", 0) == 0 and t.get("unknown_provenance", 0) > 0:
+        return (f"none of the {t['unknown_provenance']} access(es) to vcpu/kvm memory could be judged: "
+                "whose memory (host or hyp) a pointer designates is not known for any of them")
+    return None
+
+
 def judge(q, graph, canon, judged_funcs=None) -> list:
     """Leaks of a trust-boundary query: host crossings its [allow_read] / [allow_write] do not allow."""
     from scopecheck.proof import _leak
@@ -180,4 +197,7 @@ def section(q, graph, canon_accesses) -> dict:
                and a.access in DIRECTIONS]
     t["unknown_provenance"] = len(unknown)
     t["unknown_functions"] = len({a.function for a in unknown})
+    # what was judged: accesses to these roots through a pointer whose owner is known
+    t["judged"] = sum(1 for a in canon_accesses if a.path and a.root in BOUNDARY_ROOTS
+                      and a.provenance in ("host", "hyp") and a.access in DIRECTIONS)
     return {"totals": t, "fields": per_field(cs), "crossings": [c.to_dict() for c in cs]}

@@ -289,6 +289,9 @@ def prove(target, source=None, query: str | Query = "rfc-hyp-scope", *, binary_o
                         if k not in ("timings", "unanalysed", "call_args")}}
     if q.provenance is not None:
         stats["boundary"] = boundary.section(q, g, [a for a, _ in canon])
+        why = boundary.unjudgeable(stats["boundary"]["totals"])
+        if why is not None:
+            raise InputError(f"{inp.elf}: query {q.id} cannot be judged ({mode}): {why}")
     return ProofResult(q, inp, mode, limits, g, [a for a, _ in canon], leaks, footprint, g.unresolved,
                        stats, diagnostics, ledger, source_facts=src_facts)
 

@@ -210,3 +210,37 @@ def test_provenance_survives_the_source_cache(tmp_path, monkeypatch):
     warm = prov()
     assert STATS["cache_hits"] > hits
     assert warm == cold and any(p[-1] == "host" for p in cold)
+
+
+ALLOW_ALL = ('id = "allow-all-boundary"\nprovenance = "host"\nescalations = false\n'
+             '[allow_read]\nkvm_vcpu = ["*"]\nkvm = ["*"]\n[allow_write]\nkvm_vcpu = ["*"]\nkvm = ["*"]\n')
+
+
+def test_no_leaks_never_claimed_over_accesses_not_judged(tmp_path):
+    """Everything allowed, so no leaks: the verdict still says how much was judged and what was not
+    (hb_note_run's vcpu is host's from one caller and hyp's from the other), in text, JSON and SARIF."""
+    q = tmp_path / "allow-all.toml"
+    q.write_text(ALLOW_ALL)
+    target = str(FIXTURE_BUILD / "before-dwarf5")
+    r = run_cli("callgraph", "--query", str(q), target)
+    assert r.returncode == 0, r.stderr
+    assert "every touched field is in scope" not in r.stdout
+    m = re.search(r"no leaks among the (\d+) judged access\(es\); (\d+) access\(es\) in (\d+) function\(s\) "
+                  r"NOT judged", r.stdout)
+    assert m and int(m[1]) > 0 and int(m[2]) > 0, r.stdout
+    d = json.loads(run_cli("callgraph", "--query", str(q), "-f", "json", target).stdout)
+    t = d["stats"]["boundary"]["totals"]
+    assert (t["judged"], t["unknown_provenance"]) == (int(m[1]), int(m[2]))
+    s = json.loads(run_cli("callgraph", "--query", str(q), "-f", "sarif", target).stdout)
+    sp = s["runs"][0]["properties"]["boundary"]
+    assert (sp["judged"], sp["unknown_provenance"]) == (int(m[1]), int(m[2]))
+
+
+def test_unjudgeable_boundary_refused():
+    from scopecheck.boundary import unjudgeable, verdict_line
+
+    assert unjudgeable({"judged": 0, "unknown_provenance": 5, "unknown_functions": 2}).startswith("none of the 5")
+    assert unjudgeable({"judged": 3, "unknown_provenance": 5}) is None
+    assert unjudgeable({"judged": 0, "unknown_provenance": 0}) is None
+    assert "NOT judged" in verdict_line({"judged": 3, "unknown_provenance": 5, "unknown_functions": 2})
+    assert "in scope" in verdict_line({"judged": 3, "unknown_provenance": 0})
