@@ -344,6 +344,10 @@ def _make_walker():
             self._psyms[h] = TOP  # recursion guard (x = kern_hyp_va(x))
             if h in self._params:
                 val = ["p", self._params[h]]
+                pt = cx.pointee(decl.type)
+                if HOST_CTXT in (decl.spelling or "") and pt is not None and \
+                        "kvm_cpu_context" in cx.record_names(pt):
+                    val = "hyp"  # the host's saved context: hyp's per-cpu kvm_host_data, hyp memory
             else:
                 defs = self.defs.get(h)
                 if defs is None:
