@@ -443,7 +443,7 @@ def _run(elf: ElfImage, facts, roots, progress, use_cache: bool = True):
     stats: dict = {"roots": sorted(R.lay), "functions": 0, "instructions": 0, "access_sites": 0,
                    "accesses": 0, "escalations": 0, "prfm": 0, "seeds": 0, "unresolved": [],
                    "variable_index": [], "unanalysed_functions": [], "undecodable": 0, "timings": timings,
-                   "dataflow_bound": [], "call_args": [], "unanalysed": []}
+                   "dataflow_bound": [], "call_args": [], "unanalysed": [], "provenance_bound": []}
     if not R.lay:
         stats["unanalysed_functions"] = [(f.name, "no root struct in DWARF") for f in facts.functions]
         return [], [], stats
@@ -850,19 +850,67 @@ def _analyse(fn, insns, fseeds, R: _Roots, stats, clob=None):
         in_state[bi] = st
         s, e = blocks[bi]
         new = ctx.run(st, s, e, record=False)
-        if new != out_state[bi]:
-            out_state[bi] = new
+        old = out_state[bi]
+        out_state[bi] = new
+        # the roots alone decide what is revisited: provenance rides along, it never changes which
+        # accesses are found (nor the order the blocks are visited in)
+        if old is None or _roots(new) != _roots(old):
             for sb in succs[bi]:
                 if sb not in inwork:
                     work.append(sb)
                     inwork.add(sb)
     if work:
         stats["dataflow_bound"].append(fn.name)
+        in_state = [_roots(x) if x is not None else None for x in in_state]  # no provenance either
+    else:
+        _settle_provenance(ctx, blocks, preds, succs, entry_block, in_state, out_state, R, bound, stats, fn)
     ctx.record = True
     for bi, (s, e) in enumerate(blocks):
         st = in_state[bi] if in_state[bi] is not None else {}
         ctx.run(st, s, e, record=True)
     return ctx.sites, ctx.escs, ctx.call_args, ctx.calls, ctx.stores
+
+
+def _roots(st) -> dict:
+    return {k: v for k, v in st.items() if k < _M}
+
+
+def _settle_provenance(ctx, blocks, preds, succs, entry_block, in_state, out_state, R, bound, stats, fn):
+    """Second pass, once the roots are at their fixpoint: iterate the provenance to its own, each
+    block's output only ever weakening (the meet of what it was and what it is now), so that it
+    ends. A function where it does not within the bound keeps no provenance (not known)."""
+    work = list(range(len(blocks)))
+    inwork = set(work)
+    guard = 0
+    while work and guard < bound:
+        guard += 1
+        bi = work.pop(0)
+        inwork.discard(bi)
+        st = _meet([out_state[p] for p in preds[bi]], R) if preds[bi] else {}
+        if bi == entry_block:
+            st = _entry_params(st, bool(preds[bi]))
+        in_state[bi] = st
+        s, e = blocks[bi]
+        new = ctx.run(st, s, e, record=False)
+        old = out_state[bi]
+        merged = _roots(new)
+        for k, v in new.items():
+            if k >= _M and k in old:
+                w = old[k]
+                m = v if v == w else (_sym_meet(v, w) if k < _H else None)
+                if m is not None:
+                    merged[k] = m
+        if merged != old:
+            out_state[bi] = merged
+            for sb in succs[bi]:
+                if sb not in inwork:
+                    work.append(sb)
+                    inwork.add(sb)
+    if work:
+        stats["provenance_bound"].append(fn.name)
+        for i, x in enumerate(in_state):
+            if x is not None:
+                in_state[i] = _roots(x)
 
 
 def _entry_params(st, has_preds):
@@ -882,9 +930,13 @@ def _entry_params(st, has_preds):
 
 
 def _sym_meet(v, w):
+    """The meet of two provenance symbols, in one canonical order (so that the dataflow reaches
+    its fixpoint: the same set of definitions is the same value, whichever block came first)."""
     m = _prov_meet([v, w])
-    if isinstance(m, list) and m[0] == "meet" and len(m[1]) > _MEET_MAX:
-        return None
+    if isinstance(m, list) and m[0] == "meet":
+        if len(m[1]) > _MEET_MAX:
+            return None
+        m = ["meet", sorted(m[1], key=lambda x: json.dumps(x, sort_keys=True))]
     return m
 
 
