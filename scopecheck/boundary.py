@@ -142,6 +142,8 @@ def summary_line(t: dict) -> str:
          f"of guest state to it ({t['read_fields']} field(s) read, {t['write_fields']} written, "
          f"on {' / '.join(t['path'])}; {t['crossings']} crossing(s) in all")
     s += f"; {t['unsized']} of unknown size)" if t.get("unsized") else ")"
+    if "judged" in t:
+        s += f"; judged: {t['judged']} access(es) whose memory's owner is known"
     if t.get("unknown_provenance"):
         s += (f"; not judged: {t['unknown_provenance']} access(es) in {t['unknown_functions']} function(s) "
               "through pointers whose owner is not known (callers disagree, or binary-only)")

@@ -228,6 +228,7 @@ def test_no_leaks_never_claimed_over_accesses_not_judged(tmp_path):
     m = re.search(r"no leaks among the (\d+) judged access\(es\); (\d+) access\(es\) in (\d+) function\(s\) "
                   r"NOT judged", r.stdout)
     assert m and int(m[1]) > 0 and int(m[2]) > 0, r.stdout
+    assert f"; judged: {m[1]} access(es) whose memory's owner is known; not judged: {m[2]} access(es)" in r.stdout
     d = json.loads(run_cli("callgraph", "--query", str(q), "-f", "json", target).stdout)
     t = d["stats"]["boundary"]["totals"]
     assert (t["judged"], t["unknown_provenance"]) == (int(m[1]), int(m[2]))
