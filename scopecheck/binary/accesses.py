@@ -1203,11 +1203,10 @@ class _Ctx:
 
     @staticmethod
     def sym(st, r):
-        """Whose memory register r points into: "hyp" when a root it may be seen as is hyp-only
-        (pkvm_hyp_vcpu, or inside one), else its dataflow provenance symbol (None: not known)."""
-        v = st.get(r)
-        if v is not None and any(x[0] in HYP_TYPES for x in v):
-            return "hyp"
+        """Whose memory register r points into: its dataflow provenance symbol (None: not known).
+        A hyp-only type (pkvm_hyp_vcpu) makes it "hyp" where the pointer is typed so (a DWARF seed,
+        a load of such a pointer), not through the roots: two paths that meet, one with the host's
+        vcpu, one with hyp's, leave a root that may be seen as either, and a provenance not known."""
         return st.get(_M + r)
 
     def _loaded(self, st, base, got, off) -> object:
@@ -1332,8 +1331,17 @@ class _Ctx:
         if kind == "read" and base in _X and index is None:
             for j, d in enumerate(regs[:len(parts)]):
                 ok = d in _X and parts[j][1] == 8
-                load_syms.append(self._loaded(st, base, loaded[j] if j < len(loaded) else None, parts[j][0])
-                                 if ok else None)
+                got = loaded[j] if j < len(loaded) else None
+                ls = self._loaded(st, base, got, parts[j][0]) if ok else None
+                if ok and ls != "host":
+                    # a pointer typed as hyp-only memory (a member, or a stack slot DWARF types so)
+                    tgt = R.ptr.get(got[0], {}).get(got[1]) if got is not None else None
+                    for mreg, mroot, moff, _h in (self.mem_at.get(self.i) or ()):
+                        if mreg == _REGNUM[base] and moff == parts[j][0]:
+                            tgt = mroot
+                    if tgt in HYP_TYPES:
+                        ls = "hyp"
+                load_syms.append(ls)
         if bv is not None and datas and kind == "read" and index is None and dests:
             # pointer loads: new roots in the destination
             for j, d in enumerate(dests[:len(parts)]):
