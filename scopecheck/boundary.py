@@ -142,10 +142,29 @@ def summary_line(t: dict) -> str:
          f"of guest state to it ({t['read_fields']} field(s) read, {t['write_fields']} written, "
          f"on {' / '.join(t['path'])}; {t['crossings']} crossing(s) in all")
     s += f"; {t['unsized']} of unknown size)" if t.get("unsized") else ")"
+    if "judged" in t:
+        s += f"; judged: {t['judged']} access(es) whose memory's owner is known"
     if t.get("unknown_provenance"):
         s += (f"; not judged: {t['unknown_provenance']} access(es) in {t['unknown_functions']} function(s) "
               "through pointers whose owner is not known (callers disagree, or binary-only)")
     return s
+
+
+def verdict_line(t: dict) -> str:
+    """The text verdict of a trust-boundary query without leaks: never "no leaks" from what was not judged."""
+    judged, unknown = t.get("judged", 0), t.get("unknown_provenance", 0)
+    if not unknown:
+        return f"no leaks: every touched field is in scope (all {judged} access(es) to vcpu/kvm memory judged)"
+    return (f"no leaks among the {judged} judged access(es); {unknown} access(es) in "
+            f"{t.get('unknown_functions', 0)} function(s) NOT judged (whose memory they touch is not known)")
+
+
+def unjudgeable(t: dict) -> str | None:
+    """Why a trust-boundary query cannot be judged at all (nothing judged, something not), or None."""
+    if t.get("judged", 0) == 0 and t.get("unknown_provenance", 0) > 0:
+        return (f"none of the {t['unknown_provenance']} access(es) to vcpu/kvm memory could be judged: "
+                "whose memory (host or hyp) a pointer designates is not known for any of them")
+    return None
 
 
 def judge(q, graph, canon, judged_funcs=None) -> list:
@@ -180,4 +199,7 @@ def section(q, graph, canon_accesses) -> dict:
                and a.access in DIRECTIONS]
     t["unknown_provenance"] = len(unknown)
     t["unknown_functions"] = len({a.function for a in unknown})
+    # what was judged: accesses to these roots through a pointer whose owner is known
+    t["judged"] = sum(1 for a in canon_accesses if a.path and a.root in BOUNDARY_ROOTS
+                      and a.provenance in ("host", "hyp") and a.access in DIRECTIONS)
     return {"totals": t, "fields": per_field(cs), "crossings": [c.to_dict() for c in cs]}

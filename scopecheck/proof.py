@@ -238,9 +238,10 @@ def prove(target, source=None, query: str | Query = "rfc-hyp-scope", *, binary_o
             b_stats["unanalysed"] = list(b_stats.get("unanalysed", ())) + raw_params.unreadable
     # reconcile: every machine access explained by the source or reported itself, nothing dropped
     step("reconciling source and machine code")
-    from scopecheck.reconcile import reconcile
+    from scopecheck.reconcile import binary_provenance, reconcile
 
     bs = b_stats if isinstance(b_stats, dict) else {}
+    b_prov = binary_provenance(b_acc, bs.get("provenance"), facts)  # whose memory each machine access touches
     ledger = reconcile(src_facts, b_acc, b_esc, facts, g, root_str, layouts,
                        b_unanalysed=bs.get("unanalysed", ()), call_args=bs.get("call_args", ()),
                        params=params, include_compiled_away=include_compiled_away)
@@ -290,9 +291,14 @@ def prove(target, source=None, query: str | Query = "rfc-hyp-scope", *, binary_o
              "fields_touched": len(footprint), "leaks": len(leaks),
              # without timings, so that the same inputs give byte-identical output
              "binary": {k: v for k, v in (b_stats if isinstance(b_stats, dict) else {}).items()
-                        if k not in ("timings", "unanalysed", "call_args")}}
+                        if k not in ("timings", "unanalysed", "call_args", "provenance")}}
     if q.provenance is not None:
         stats["boundary"] = boundary.section(q, g, [a for a, _ in canon])
+        stats["boundary"]["binary_provenance"] = {k: b_prov[k] for k in ("summaries", "rounds", "host_fields")
+                                                  if k in b_prov}
+        why = boundary.unjudgeable(stats["boundary"]["totals"])
+        if why is not None:
+            raise InputError(f"{inp.elf}: query {q.id} cannot be judged ({mode}): {why}")
     return ProofResult(q, inp, mode, limits, g, [a for a, _ in canon], leaks, footprint, g.unresolved,
                        stats, diagnostics, ledger, source_facts=src_facts)
 

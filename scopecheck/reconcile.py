@@ -90,7 +90,8 @@ class Ledger:
 
 def _acc_dict(a: FieldAccess) -> dict:
     d = {"field": f"{a.root}:{a.path}", "access": a.access, "function": a.function[0], "file": a.file,
-         "line": a.line, "col": a.col, "origin": a.origin, "offset": a.offset, "bytes": a.size}
+         "line": a.line, "col": a.col, "origin": a.origin, "offset": a.offset, "bytes": a.size,
+         "provenance": a.provenance}
     if a.address is not None:
         d["address"] = hex(a.address)
         d["insn"] = a.insn
@@ -429,6 +430,32 @@ def reconcile(src: SourceFacts | None, b_acc: list[FieldAccess], b_esc: list[Esc
     L.binary_only.sort(key=lambda a: (a.file or "", a.line or 0, a.address or 0, a.path))
     L.source_only.sort(key=lambda a: (a.file or "", a.line or 0, a.col or 0, a.path))
     return L
+
+
+def binary_provenance(b_acc: list[FieldAccess], summaries: str | None, facts: HypFacts) -> dict:
+    """Resolve the binary door's provenance symbols over the whole program (the same resolver as
+    the source door's, :func:`scopecheck.provenance.resolve`) and set ``provenance`` on ``b_acc``.
+
+    ``summaries``: the binary door's per-function summaries (JSON text: ``[function key, number of
+    parameter registers, [[index into b_acc, symbol], ...], calls, stores]``). A function whose
+    address is taken (a handler in a table, a callback) gets "not known" parameters. Returns the
+    resolver's result (``params``, ``host_fields``, ``rounds``), with ``summaries`` counted.
+    """
+    import json
+
+    from scopecheck.provenance import ProvSummary, resolve
+
+    if not summaries:
+        return {"summaries": 0}
+    pairs = []
+    for fk, nparams, accs, calls, stores in json.loads(summaries):
+        s = ProvSummary(function=tuple(fk), nparams=nparams, accesses=[sym for _i, sym in accs],
+                        calls=calls, stores=stores)
+        pairs.append((s, [b_acc[i] for i, _sym in accs]))
+    taken = {e.callee[0] for e in facts.edges if e.kind == "address_taken" and e.callee is not None}
+    out = resolve(pairs, address_taken=taken)
+    out["summaries"] = len(pairs)
+    return out
 
 
 def _folded_into(src: SourceFacts, away: dict, g: HypGraph, root) -> dict:

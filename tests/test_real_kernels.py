@@ -113,3 +113,18 @@ def test_vmlinux_over_300_mb_within_memory_target(vmlinux_612):
         assert os.waitstatus_to_exitcode(status) == 0, err
         assert err == b""
         assert usage.ru_maxrss < 1024 * 1024, f"{args[0]}: peak RSS {usage.ru_maxrss // 1024} MB"
+
+
+@pytest.mark.parametrize("series", ["6.1", "6.12"])
+def test_struct_kvm_layout_equals_pahole(series, vmlinux_61, vmlinux_612):
+    """struct kvm (the boundary's host-owned kvm): found by scanning the DWARF's bytes for its name,
+    where a misparse (bytes that decode as a struct named kvm) must not be taken for it."""
+    from scopecheck.binary.elf import ElfImage
+    from scopecheck.binary.types import read_layouts
+
+    path = vmlinux_61 if series == "6.1" else vmlinux_612
+    with ElfImage(path) as elf:
+        lay = read_layouts(elf, ["kvm"])["kvm"]
+    p = pahole.run(path, ["kvm"])["kvm"]
+    assert lay is not None and (lay.size, len(lay.members)) == (p.size, p.nr_members)
+    assert member(lay, "created_vcpus").size == 4

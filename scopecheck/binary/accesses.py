@@ -79,6 +79,7 @@ root; a wide access spanning several fields gives one record per field.
 from __future__ import annotations
 
 import bisect
+import json
 import re
 import time
 
@@ -96,6 +97,8 @@ from scopecheck.binary.functions import (
 from scopecheck.binary.locations import Locations, mem_slot, parses, reg_value
 from scopecheck.layout import DEFAULT_STRUCTS, fields_at, load_layouts
 from scopecheck.model_code import Escalation, FieldAccess, HypFacts, Unanalysed
+from scopecheck.provenance import HOST_CTXT, HOST_FIELDS, HYP_TYPES
+from scopecheck.provenance import meet as _prov_meet
 
 ROOTS = DEFAULT_STRUCTS  # kvm_vcpu, kvm_vcpu_arch, kvm_cpu_context, vcpu_hyp_state, pkvm_hyp_vcpu
 
@@ -121,6 +124,15 @@ _ATOMIC = re.compile(r"^(ld(add|clr|eor|set|smax|smin|umax|umin)|st(add|clr|eor|
                      r"(a|al|l)?(b|h)?$")
 _LOAD = re.compile(r"^(ldr|ldur|ldtr|ldp|ldnp|ldxr|ldaxr|ldar|ldapr|ldapur|ldxp|ldaxp|ldlar)(s?[bhw])?(p?)$")
 _STORE = re.compile(r"^(str|stur|sttr|stp|stnp|stxr|stlxr|stlr|stlur|stxp|stlxp|stllr)([bh])?$")
+# provenance rides along in the same state dict, under keys that are not register numbers
+_M = 64  # _M + reg: the provenance symbol of the register's value (absent: not known)
+_H = 128  # _H + reg: the register holds a pointer DWARF names host_ctxt (its regs are the host's)
+_LD_DEPTH = 3  # deeper ["ld", ...] chains are "not known" (keeps the dataflow finite)
+_MEET_MAX = 6
+_NPARAMS = 8  # x0-x7: the argument registers
+# ALU ops that keep a value's provenance when their only register source is one register
+# (kern_hyp_va: and/ror/add/add lsl 12/ror; movk patches immediates into the destination)
+_KEEP_PROV = ("and", "ror", "orr", "eor", "movk", "bic", "lsl", "lsr", "asr", "eon")
 
 
 # ---------------------------------------------------------------- public API
@@ -164,14 +176,22 @@ class _Roots:
         # ptr[R][offset] = root pointed to by an 8-byte pointer member at offset
         self.ptr: dict[str, dict[int, str]] = {b: {} for b in names}
         self.array_list: dict[str, list] = {b: [] for b in names}  # (lo, hi, path, element size, dims)
+        # fkey[R][offset] = "S.f" of an 8-byte member (S the struct that declares f): provenance of loads
+        self.fkey: dict[str, dict[int, str]] = {b: {} for b in names}
         for b, lay in self.lay.items():
-            self._walk(b, lay.members, 0, names, False)
+            self._walk(b, lay.members, 0, names, False, b)
+        # gpr[R] = [(lo, hi)] of kvm_cpu_context.regs.regs in R: the general registers of a context
+        self.gpr: dict[str, list] = {b: [(lo, hi) for lo, hi, path, es, _n in self.array_list[b]
+                                         if (path == "regs.regs" or path.endswith(".regs.regs")) and es == 8]
+                                     for b in names}
         self._paths: dict = {}
 
-    def _walk(self, b, members, shift, names, in_array):
+    def _walk(self, b, members, shift, names, in_array, parent=None):
         for m in members:
             off = m.offset + shift
             tn = m.type_name or ""
+            if m.size == 8 and not m.array_dims and not in_array and m.name and m.kind in ("pointer", "base"):
+                self.fkey[b].setdefault(off, f"{parent or '?'}.{m.name}")
             if m.kind == "struct" and tn.startswith("struct ") and tn[7:] in names and not m.array_dims \
                     and not in_array:
                 self.emb[b].setdefault(tn[7:], []).append(off)
@@ -182,7 +202,8 @@ class _Roots:
             if m.array_dims and m.element_size and not in_array and m.size:
                 self.array_list[b].append((off, off + m.size, m.path, m.element_size, len(m.array_dims)))
             if m.members:
-                self._walk(b, m.members, shift, names, in_array or bool(m.array_dims))
+                sub = tn[7:].strip() if tn.startswith("struct ") and "{" not in tn else None
+                self._walk(b, m.members, shift, names, in_array or bool(m.array_dims), sub)
 
     def fits(self, root, off, size) -> bool:
         return 0 <= off and off + size <= self.size[root]
@@ -321,11 +342,12 @@ class _Seeds:
             return "?"
         return nm.value.decode() if isinstance(nm.value, bytes) else nm.value
 
-    def collect(self, die, fn_ranges) -> list[tuple[int, int, int, str, int, str]]:
-        """[(lo, hi, reg, root, offset, kind)] under subprogram ``die``.
+    def collect(self, die, fn_ranges) -> list[tuple[int, int, int, str, int, str, bool]]:
+        """[(lo, hi, reg, root, offset, kind, hctx)] under subprogram ``die``.
 
         kind "reg": x<reg> points ``offset`` bytes into ``root``; kind "mem": the
-        memory at x<reg> + ``offset`` holds a pointer to ``root``."""
+        memory at x<reg> + ``offset`` holds a pointer to ``root``. ``hctx``: the
+        variable's name says it is the host's saved context (``host_ctxt``)."""
         out: list = []
         self._scope(die, fn_ranges, out)
         return out
@@ -358,8 +380,9 @@ class _Seeds:
                             continue
                     reg, d = rv
                     spans = scope_ranges if lo is None else [(lo, hi)]
+                    hctx = root == "kvm_cpu_context" and HOST_CTXT in self.name(ch)
                     for slo, shi in spans:
-                        out.append((slo, shi, reg, root, -d if kind == "reg" else d, kind))
+                        out.append((slo, shi, reg, root, -d if kind == "reg" else d, kind, hctx))
             elif tag in ("DW_TAG_inlined_subroutine", "DW_TAG_lexical_block"):
                 if not ch.has_children:
                     continue
@@ -420,7 +443,7 @@ def _run(elf: ElfImage, facts, roots, progress, use_cache: bool = True):
     stats: dict = {"roots": sorted(R.lay), "functions": 0, "instructions": 0, "access_sites": 0,
                    "accesses": 0, "escalations": 0, "prfm": 0, "seeds": 0, "unresolved": [],
                    "variable_index": [], "unanalysed_functions": [], "undecodable": 0, "timings": timings,
-                   "dataflow_bound": [], "call_args": [], "unanalysed": []}
+                   "dataflow_bound": [], "call_args": [], "unanalysed": [], "provenance_bound": []}
     if not R.lay:
         stats["unanalysed_functions"] = [(f.name, "no root struct in DWARF") for f in facts.functions]
         return [], [], stats
@@ -477,6 +500,8 @@ def _run(elf: ElfImage, facts, roots, progress, use_cache: bool = True):
     timings["decode"] = time.perf_counter() - t
     acc_out: dict = {}
     esc_out: dict = {}
+    acc_sym: dict = {}  # access key -> provenance symbol
+    prov_out: list = []  # (out-of-line function key, {"calls", "stores", "accesses": [access key]})
     una: list = stats["unanalysed"]
     una.extend(undecodable)
     t_seed = t_flow = 0.0
@@ -517,8 +542,19 @@ def _run(elf: ElfImage, facts, roots, progress, use_cache: bool = True):
             continue
         stats["instructions"] += len(insns)
         n_unres, n_vi, n_bound = len(stats["unresolved"]), len(stats["variable_index"]), len(stats["dataflow_bound"])
-        sites, escs, cargs = _analyse(fn, insns, fseeds, R, stats, clob)
+        sites, escs, cargs, pcalls, pstores = _analyse(fn, insns, fseeds, R, stats, clob)
         t_flow += time.perf_counter() - tf
+        # provenance summary of this out-of-line function (["p", i]: x_i at its entry)
+        psum = {"calls": [], "stores": [[key, msym, vsym] for _pc, key, msym, vsym in pstores], "accesses": []}
+        for pc, target, syms in pcalls:
+            callee = clob.call_at.get(pc)  # a call site (DWARF, or a relocation in an object file)
+            if callee is None:
+                if target is None or any(lo <= target < hi for lo, hi in fn.ranges):
+                    continue  # a branch inside the function
+                callee = clob.fn_at.get(target)
+            if callee is not None and callee is not fn and any(x is not None for x in syms):
+                psum["calls"].append([callee.key[0], syms])
+        prov_out.append((fn.key, psum))
         new_una = stats["unresolved"][n_unres:] + stats["variable_index"][n_vi:]
         if not sites and not escs and not cargs and not new_una and len(stats["dataflow_bound"]) == n_bound:
             continue
@@ -536,7 +572,7 @@ def _run(elf: ElfImage, facts, roots, progress, use_cache: bool = True):
                                   f"{hex(pc)}: {w} B at {root}+{off:#x} through {base} not mapped to a field",
                                   "binary"))
         text_at = None
-        for pc, reg, root, off, size, kind, paths in sites:
+        for pc, reg, root, off, size, kind, paths, sym in sites:
             stats["access_sites"] += 1
             fkey, via = _attribute(fn, insts, pc, reg)
             file, line = lines.lookup(cu, pc) if cu is not None else (None, None)
@@ -549,7 +585,9 @@ def _run(elf: ElfImage, facts, roots, progress, use_cache: bool = True):
                 if k not in acc_out:
                     acc_out[k] = FieldAccess(root=root, path=p, access=kind, function=fkey, file=file, line=line,
                                              origin="binary", offset=off, size=size, via=via, address=pc,
-                                             insn=insn)
+                                             insn=insn, provenance=sym if sym in ("host", "hyp") else None)
+                    acc_sym[k] = sym
+                    psum["accesses"].append(k)
         for pc, target, reg, vals in cargs:
             if target is None or any(lo <= target < hi for lo, hi in fn.ranges):
                 continue  # a branch inside the function, not a (tail) call
@@ -566,6 +604,12 @@ def _run(elf: ElfImage, facts, roots, progress, use_cache: bool = True):
     timings["dataflow"] = t_flow
     accesses = list(acc_out.values())
     escalations = list(esc_out.values())
+    # provenance summaries, for the whole-program resolution (scopecheck.provenance.resolve):
+    # JSON text, their symbols are mixed-type lists; accesses by index into ``accesses``
+    pos = {k: i for i, k in enumerate(acc_out)}
+    stats["provenance"] = json.dumps([
+        [list(fk), _NPARAMS, [[pos[k], acc_sym[k]] for k in d["accesses"]], d["calls"], d["stores"]]
+        for fk, d in prov_out if d["accesses"] or d["calls"] or d["stores"]])
     stats["accesses"] = len(accesses)
     stats["escalations"] = len(escalations)
     timings["total"] = time.perf_counter() - t0
@@ -723,15 +767,25 @@ def _analyse(fn, insns, fseeds, R: _Roots, stats, clob=None):
     # seeds by instruction index
     seed_at: dict[int, list] = {}
     mem_at: dict[int, list] = {}
-    for lo, hi, reg, root, off, kind in fseeds:
+    prov_at: dict[int, list] = {}
+    for lo, hi, reg, root, off, kind, hctx in fseeds:
         dst = seed_at if kind == "reg" else mem_at
         a = lo
         # instructions are 4-byte aligned; walk the covered addresses
         while a < hi:
             j = index.get(a)
             if j is not None:
-                dst.setdefault(j, []).append((reg, root, off))
+                dst.setdefault(j, []).append((reg, root, off, hctx))
             a += 4
+        if lo % 4 and kind == "reg" and (hctx or root in HYP_TYPES):
+            # a range starting inside an instruction (GCC's "after the call" views) gives the roots
+            # nothing; the provenance its type or name says still holds from the next instruction on
+            a = (lo + 3) & ~3
+            while a < hi:
+                j = index.get(a)
+                if j is not None:
+                    prov_at.setdefault(j, []).append((reg, root, hctx))
+                a += 4
     # basic blocks
     leaders = {0, index.get(fn.address, 0)}
     succ_target: dict[int, int] = {}
@@ -778,6 +832,7 @@ def _analyse(fn, insns, fseeds, R: _Roots, stats, clob=None):
 
     ctx = _Ctx(R, stats, seed_at, insns)
     ctx.mem_at = mem_at
+    ctx.prov_at = prov_at
     ctx.clob = clob
     out_state: list = [None] * len(blocks)
     in_state: list = [None] * len(blocks)
@@ -790,22 +845,124 @@ def _analyse(fn, insns, fseeds, R: _Roots, stats, clob=None):
         bi = work.pop(0)
         inwork.discard(bi)
         st = _meet([out_state[p] for p in preds[bi]], R) if preds[bi] else {}
+        if bi == entry_block:
+            st = _entry_params(st, bool(preds[bi]))
         in_state[bi] = st
         s, e = blocks[bi]
         new = ctx.run(st, s, e, record=False)
-        if new != out_state[bi]:
-            out_state[bi] = new
+        old = out_state[bi]
+        out_state[bi] = new
+        # the roots alone decide what is revisited: provenance rides along, it never changes which
+        # accesses are found (nor the order the blocks are visited in)
+        if old is None or _roots(new) != _roots(old):
             for sb in succs[bi]:
                 if sb not in inwork:
                     work.append(sb)
                     inwork.add(sb)
     if work:
         stats["dataflow_bound"].append(fn.name)
+        in_state = [_roots(x) if x is not None else None for x in in_state]  # no provenance either
+    else:
+        _settle_provenance(ctx, blocks, preds, succs, entry_block, in_state, out_state, R, bound, stats, fn)
     ctx.record = True
     for bi, (s, e) in enumerate(blocks):
         st = in_state[bi] if in_state[bi] is not None else {}
         ctx.run(st, s, e, record=True)
-    return ctx.sites, ctx.escs, ctx.call_args
+    return ctx.sites, ctx.escs, ctx.call_args, ctx.calls, ctx.stores
+
+
+def _roots(st) -> dict:
+    return {k: v for k, v in st.items() if k < _M}
+
+
+def _settle_provenance(ctx, blocks, preds, succs, entry_block, in_state, out_state, R, bound, stats, fn):
+    """Second pass, once the roots are at their fixpoint: iterate the provenance to its own, each
+    block's output only ever weakening (the meet of what it was and what it is now), so that it
+    ends. A function where it does not within the bound keeps no provenance (not known)."""
+    work = list(range(len(blocks)))
+    inwork = set(work)
+    guard = 0
+    while work and guard < bound:
+        guard += 1
+        bi = work.pop(0)
+        inwork.discard(bi)
+        st = _meet([out_state[p] for p in preds[bi]], R) if preds[bi] else {}
+        if bi == entry_block:
+            st = _entry_params(st, bool(preds[bi]))
+        in_state[bi] = st
+        s, e = blocks[bi]
+        new = ctx.run(st, s, e, record=False)
+        old = out_state[bi]
+        merged = _roots(new)
+        for k, v in new.items():
+            if k >= _M and k in old:
+                w = old[k]
+                m = v if v == w else (_sym_meet(v, w) if k < _H else None)
+                if m is not None:
+                    merged[k] = m
+        if merged != old:
+            out_state[bi] = merged
+            for sb in succs[bi]:
+                if sb not in inwork:
+                    work.append(sb)
+                    inwork.add(sb)
+    if work:
+        stats["provenance_bound"].append(fn.name)
+        for i, x in enumerate(in_state):
+            if x is not None:
+                in_state[i] = _roots(x)
+
+
+def _entry_params(st, has_preds):
+    """At the function's entry x0-x7 hold its parameters: provenance ["p", i]."""
+    st = dict(st)
+    for i in range(_NPARAMS):
+        k = _M + i
+        if not has_preds:
+            st[k] = ["p", i]
+        elif k in st:
+            m = _sym_meet(st[k], ["p", i])
+            if m is None:
+                del st[k]
+            else:
+                st[k] = m
+    return st
+
+
+def _sym_meet(v, w):
+    """The meet of two provenance symbols, in one canonical order (so that the dataflow reaches
+    its fixpoint: the same set of definitions is the same value, whichever block came first)."""
+    m = _prov_meet([v, w])
+    if isinstance(m, list) and m[0] == "meet":
+        if len(m[1]) > _MEET_MAX:
+            return None
+        m = ["meet", sorted(m[1], key=lambda x: json.dumps(x, sort_keys=True))]
+    return m
+
+
+def _depth(sym, d=0) -> int:
+    if isinstance(sym, list) and sym:
+        if sym[0] == "ld":
+            return _depth(sym[1], d + 1)
+        if sym[0] == "meet":
+            return max((_depth(x, d) for x in sym[1]), default=d)
+    return d
+
+
+def _kill(st, r) -> None:
+    """Register r is written with something unknown: its root and its provenance go."""
+    st.pop(r, None)
+    st.pop(_M + r, None)
+    st.pop(_H + r, None)
+
+
+def _copy_prov(st, rd, rs) -> None:
+    for base in (_M, _H):
+        v = st.get(base + rs)
+        if v is None:
+            st.pop(base + rd, None)
+        else:
+            st[base + rd] = v
 
 
 def _meet(states, R):
@@ -819,6 +976,13 @@ def _meet(states, R):
         for k in list(out):
             v, w = out[k], s.get(k)
             if w == v:
+                continue
+            if k >= _M:  # provenance: the meet of the symbols (absent: not known)
+                m = _sym_meet(v, w) if (w is not None and k < _H) else None
+                if m is None:
+                    del out[k]
+                else:
+                    out[k] = m
                 continue
             m = _merge(v, w, R) if w is not None else None
             if m is None:
@@ -848,8 +1012,11 @@ class _Ctx:
         self.sites: list = []
         self.escs: list = []
         self.call_args: list = []  # (pc, target address, argument register, ((root, offset), ...))
+        self.calls: list = []  # (pc, target address, [provenance symbol of x0..x7])
+        self.stores: list = []  # (pc, "S.f", memory symbol, value symbol): 8-byte stores into root fields
         self.record = False
         self.mem_at: dict = {}
+        self.prov_at: dict = {}  # instruction index -> [(reg, root, hctx)]: provenance-only seeds
         self.clob = None
         self.i = 0
 
@@ -865,6 +1032,9 @@ class _Ctx:
             if r == root and o == off:
                 return None
         pr, po, _pt = cur[0]
+        if pr == "?":  # a value that is no root pointer (a host register after kern_hyp_va): typed now
+            st[reg] = new
+            return None
         # same bytes, bigger current root (e.g. kvm_vcpu+0x50 seen as kvm_vcpu_arch *): keep
         if R.contains(pr, root, po - off):
             return None
@@ -873,6 +1043,8 @@ class _Ctx:
             st[reg] = cur + ((root, off, "dwarf"),)
             return (pr, root)
         st[reg] = new
+        st.pop(_M + reg, None)  # the seed contradicts what the dataflow knew: so is its provenance
+        st.pop(_H + reg, None)
         return None
 
     def run(self, st, s, e, record):
@@ -884,10 +1056,22 @@ class _Ctx:
             self.i = i
             sd = self.seed_at.get(i)
             if sd:
-                for reg, root, off in sd:
+                for reg, root, off, hctx in sd:
                     esc = self._seed(st, reg, root, off)
                     if esc is not None and record:
                         self.escs.append((a, esc[0], esc[1], "dwarf"))
+                    if root in HYP_TYPES:
+                        st[_M + reg] = "hyp"
+                    if hctx:
+                        st[_H + reg] = True
+                        # the host's saved context lives in hyp's per-cpu data (kvm_host_data): hyp memory
+                        st[_M + reg] = "hyp"
+            pd = self.prov_at.get(i)
+            if pd:
+                for reg, root, hctx in pd:
+                    st[_M + reg] = "hyp"
+                    if hctx:
+                        st[_H + reg] = True
             self._step(st, a, mn, ops, record, R)
         return st
 
@@ -902,13 +1086,16 @@ class _Ctx:
                 if mn == "bl" and self.clob is not None:
                     regs = self.clob.at_call(a, _branch_target("b", ops))
                 for r in regs:
-                    st.pop(r, None)
+                    if 19 <= r <= 28:  # callee-saved (AAPCS64): the value, so its provenance, survives
+                        st.pop(r, None)
+                    else:
+                        _kill(st, r)
             return
         if mn in _END or mn in _COND_BRANCH:
             return
         if mn in ("hvc", "smc", "svc"):
             for r in _SMC_CLOBBER:
-                st.pop(r, None)
+                _kill(st, r)
             return
         if mn == "mov":
             d, _, s = ops.partition(",")
@@ -920,6 +1107,11 @@ class _Ctx:
                 st[rd] = st[_REGNUM[s]]
             else:
                 st.pop(rd, None)
+            if d in _X and s in _X:
+                _copy_prov(st, rd, _REGNUM[s])
+            else:
+                st.pop(_M + rd, None)
+                st.pop(_H + rd, None)
             return
         if mn in ("add", "sub") and "[" not in ops:
             parts = [p.strip() for p in ops.split(",")]
@@ -927,6 +1119,8 @@ class _Ctx:
             if rd is None:
                 return
             if len(parts) >= 3 and parts[0] in _X and parts[1] in _X and parts[2].startswith("#"):
+                # a pointer plus a constant points into the same memory (kern_hyp_va's adds too)
+                _copy_prov(st, rd, _REGNUM[parts[1]])
                 try:
                     imm = int(parts[2][1:], 0)
                 except ValueError:
@@ -956,7 +1150,7 @@ class _Ctx:
                             break
                 st[rd] = nv
             else:
-                st.pop(rd, None)
+                _kill(st, rd)
             return
         if "[" in ops:
             self._memory(st, a, mn, ops, record, R)
@@ -967,14 +1161,77 @@ class _Ctx:
         d = ops.split(",", 1)[0].strip()
         rd = _REGNUM.get(d)
         if rd is not None:
+            src = self._prov_source(mn, d, ops)
             st.pop(rd, None)
+            if src == "adr":  # the address of a hyp symbol: hyp's own memory
+                st[_M + rd] = "hyp"
+                st.pop(_H + rd, None)
+            elif src is not None:
+                _copy_prov(st, rd, src)
+                st.pop(_H + rd, None)
+            else:
+                st.pop(_M + rd, None)
+                st.pop(_H + rd, None)
+
+    @staticmethod
+    def _prov_source(mn, d, ops):
+        """The register whose provenance ``mn d, ...`` keeps (one register source, the rest immediates),
+        "adr" for adrp/adr, else None."""
+        if d not in _X:
+            return None
+        if mn in ("adrp", "adr"):
+            return "adr"
+        if mn not in _KEEP_PROV:
+            return None
+        parts = [p.strip() for p in ops.split(",")]
+        if mn == "movk":
+            return _REGNUM[d]
+        if len(parts) < 3 or parts[1] not in _X:
+            return None
+        if any(not (p.startswith("#") or p.startswith(("lsl", "lsr", "asr", "ror"))) for p in parts[2:]):
+            return None
+        return _REGNUM[parts[1]]
 
     def _args(self, st, a, target):
-        """Root pointers in the argument registers x0-x7 at a call or tail call."""
+        """Root pointers in the argument registers x0-x7 at a call or tail call, and every
+        argument register's provenance symbol."""
         for r in range(8):
             v = st.get(r)
             if v is not None and v[0][0] != "?":
                 self.call_args.append((a, target, r, tuple((vr, vo) for vr, vo, _t in v)))
+        self.calls.append((a, target, [self.sym(st, r) for r in range(_NPARAMS)]))
+
+    @staticmethod
+    def sym(st, r):
+        """Whose memory register r points into: its dataflow provenance symbol (None: not known).
+        A hyp-only type (pkvm_hyp_vcpu) makes it "hyp" where the pointer is typed so (a DWARF seed,
+        a load of such a pointer), not through the roots: two paths that meet, one with the host's
+        vcpu, one with hyp's, leave a root that may be seen as either, and a provenance not known."""
+        return st.get(_M + r)
+
+    def _loaded(self, st, base, got, off) -> object:
+        """The provenance of a 64-bit value loaded from [base + off] (``got``: the (root, offset) it
+        was mapped to, or None): a host register of a host_ctxt is the host's; anything loaded from
+        host memory is too; a pointer from a field that holds host addresses is host-owned; else
+        a pointer loaded from that field of that memory (resolved over the whole program)."""
+        rb = _REGNUM.get(base)
+        if rb is None:
+            return None
+        bsym = self.sym(st, rb)
+        if got is not None:
+            root, o = got
+            if st.get(_H + rb) and any(lo <= o < hi for lo, hi in self.R.gpr.get(root, ())):
+                return "host"
+            key = self.R.fkey.get(root, {}).get(o)
+            if key in HOST_FIELDS:
+                return "host"
+        else:
+            key = None
+        if bsym == "host":
+            return "host"
+        if bsym is None or key is None or _depth(bsym) >= _LD_DEPTH:
+            return None
+        return ["ld", bsym, key]
 
     def _memory(self, st, a, mn, ops, record, R):
         pm = _parse_mem(ops)
@@ -1037,6 +1294,12 @@ class _Ctx:
         bv = st.get(_REGNUM.get(base, -1)) if base in _X else None
         if bv is not None and bv[0][0] == "?":
             bv = None
+        bsym = self.sym(st, _REGNUM[base]) if base in _X else None
+        loaded: list = []
+        pair = mn.startswith(_PAIRS) and len(datas) >= 2
+        w0 = size or (_width(datas[0]) if datas else None) or 8
+        parts = [(imm, w0), (imm + w0, w0)] if pair else [(imm, w0)]
+        data_syms = [self.sym(st, _REGNUM[d]) if d in _X else None for d in datas] if kind == "write" else []
         # the access
         if kind is None:
             if bv is not None and record:
@@ -1051,39 +1314,68 @@ class _Ctx:
                 if record:
                     iv = st.get(_REGNUM.get(index, -1)) if index in _X else None
                     k = iv[0][1] if iv is not None and iv[0][0] == "?" else 0
-                    self._indexed(a, base, bv, w, shift, kind, k)
+                    self._indexed(a, base, bv, w, shift, kind, k, bsym)
             else:
-                pair = mn.startswith(_PAIRS) and len(datas) >= 2
-                parts = [(imm, w), (imm + w, w)] if pair else [(imm, w)]
-                loaded = []
                 for k_off, k_w in parts:
-                    got = self._resolve(a, base, bv, k_off, k_w, kind, record)
+                    got = self._resolve(a, base, bv, k_off, k_w, kind, record, bsym)
                     loaded.append(got)
-                # pointer loads: new roots in the destination
-                if kind == "read" and dests:
-                    for j, d in enumerate(dests[:len(parts)]):
-                        rd = _REGNUM.get(d)
-                        if rd is None:
-                            continue
-                        got = loaded[j] if j < len(loaded) else None
-                        tgt = None
-                        if got is not None and parts[j][1] == 8 and d in _X:
-                            root, off = got
-                            tgt = R.ptr.get(root, {}).get(off)
-                        if tgt is None and self.mem_at.get(self.i) and base in _X:
-                            for mreg, mroot, moff in self.mem_at[self.i]:
-                                if mreg == _REGNUM[base] and moff == parts[j][0] and d in _X:
-                                    tgt = mroot
-                        if tgt is not None:
-                            st[rd] = ((tgt, 0, None),)
-                        else:
-                            st.pop(rd, None)
-                    dests = dests[len(parts):]
+                    if record and kind == "write" and got is not None and k_w == 8:
+                        key = R.fkey.get(got[0], {}).get(got[1])
+                        j = len(loaded) - 1
+                        dreg = datas[j] if j < len(datas) else None
+                        if key is not None and dreg in _X:  # xzr/wzr (NULL) stores nothing
+                            self.stores.append((a, key, bsym, data_syms[j]))
+        # provenance of what is loaded (computed before any destination is written): 64-bit loads
+        # into x registers (narrower values are no pointers)
+        load_syms: list = []
+        if kind == "read" and base in _X and index is None:
+            for j, d in enumerate(regs[:len(parts)]):
+                ok = d in _X and parts[j][1] == 8
+                got = loaded[j] if j < len(loaded) else None
+                ls = self._loaded(st, base, got, parts[j][0]) if ok else None
+                if ok and ls != "host":
+                    # a pointer typed as hyp-only memory (a member, or a stack slot DWARF types so)
+                    tgt = R.ptr.get(got[0], {}).get(got[1]) if got is not None else None
+                    for mreg, mroot, moff, _h in (self.mem_at.get(self.i) or ()):
+                        if mreg == _REGNUM[base] and moff == parts[j][0]:
+                            tgt = mroot
+                    if tgt in HYP_TYPES:
+                        ls = "hyp"
+                load_syms.append(ls)
+        if bv is not None and datas and kind == "read" and index is None and dests:
+            # pointer loads: new roots in the destination
+            for j, d in enumerate(dests[:len(parts)]):
+                rd = _REGNUM.get(d)
+                if rd is None:
+                    continue
+                got = loaded[j] if j < len(loaded) else None
+                tgt = None
+                if got is not None and parts[j][1] == 8 and d in _X:
+                    root, off = got
+                    tgt = R.ptr.get(root, {}).get(off)
+                if tgt is None and self.mem_at.get(self.i) and base in _X:
+                    for mreg, mroot, moff, _h in self.mem_at[self.i]:
+                        if mreg == _REGNUM[base] and moff == parts[j][0] and d in _X:
+                            tgt = mroot
+                if tgt is not None:
+                    st[rd] = ((tgt, 0, None),)
+                else:
+                    st.pop(rd, None)
+            dests = dests[len(parts):]
         # register writes
         for d in dests:
             rd = _REGNUM.get(d)
             if rd is not None:
                 st.pop(rd, None)
+        for d in (regs if kind == "read" else dests if kind else ()):  # their provenance
+            rd = _REGNUM.get(d)
+            if rd is not None:
+                st.pop(_M + rd, None)
+                st.pop(_H + rd, None)
+        for j, sym in enumerate(load_syms):
+            rd = _REGNUM.get(regs[j])
+            if rd is not None and sym is not None:
+                st[_M + rd] = sym
         if wb is not None and base in _X:
             rb = _REGNUM[base]
             if wb[1] is None or rb not in st:
@@ -1093,7 +1385,7 @@ class _Ctx:
                 v = st[rb]
                 st[rb] = tuple((r, o + delta, t) for r, o, t in v)
 
-    def _resolve(self, a, base, bv, imm, w, kind, record):
+    def _resolve(self, a, base, bv, imm, w, kind, record, bsym=None):
         """Map one access; record it; return (root, offset) used, or None."""
         R = self.R
         pr, po, ptag = bv[0]
@@ -1119,12 +1411,12 @@ class _Ctx:
             root, off = choice
             paths = R.paths(root, off, w)
             if paths:
-                self.sites.append((a, base, root, off, w, kind, paths))
+                self.sites.append((a, base, root, off, w, kind, paths, bsym))
             if esc is not None:
                 self.escs.append((a, esc[0], esc[1], esc[2]))
         return choice
 
-    def _indexed(self, a, base, bv, w, shift, kind, k):
+    def _indexed(self, a, base, bv, w, shift, kind, k, bsym=None):
         """``[base, index, lsl #shift]`` with index = unknown + k: an element of an array
         member whose element size is ``1 << shift`` and which holds offset ``o + (k << shift)``."""
         R = self.R
@@ -1132,6 +1424,6 @@ class _Ctx:
             at = o + (k << shift)
             for lo, hi, path, es, ndim in R.array_list.get(r, ()):
                 if lo <= at < hi and (es == (1 << shift) or (shift == 0 and es == w)):
-                    self.sites.append((a, base, r, lo, es, kind, [path + "[*]" * ndim]))
+                    self.sites.append((a, base, r, lo, es, kind, [path + "[*]" * ndim], bsym))
                     return
         self.stats["variable_index"].append((hex(a), base, bv[0][0], bv[0][1], w))

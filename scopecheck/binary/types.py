@@ -33,6 +33,22 @@ def _name(die) -> str | None:
     return v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
 
 
+_STRUCT_CHILDREN = ("DW_TAG_member", "DW_TAG_structure_type", "DW_TAG_union_type", "DW_TAG_enumeration_type",
+                    "DW_TAG_typedef", "DW_TAG_variant_part")
+
+
+def _children_parse(die) -> bool:
+    """True when ``die``'s children decode as a C struct's (a DIE found by scanning bytes may be a
+    misparse: bytes that happen to decode as a struct named so, with garbage or other DIEs after)."""
+    try:
+        kids = list(die.iter_children())
+    except Exception:
+        return False
+    if kids and not die.attributes["DW_AT_byte_size"].value:
+        return False
+    return all(k.tag in _STRUCT_CHILDREN for k in kids)
+
+
 def _is_definition(die, name: str) -> bool:
     return (die.tag in _AGGREGATE and "DW_AT_declaration" not in die.attributes
             and "DW_AT_byte_size" in die.attributes and _name(die) == name)
@@ -112,7 +128,12 @@ class StructFinder:
                                 not inline and a.form not in ("DW_FORM_strp", "DW_FORM_GNU_strp_alt")):
                             continue
                         if _is_definition(die, name):
-                            return cu._get_cached_DIE(start)
+                            found = cu._get_cached_DIE(start)
+                            if _children_parse(found):
+                                return found
+                            # bytes that decode as a DIE whose name sits at this offset, yet are
+                            # not one (its children run into garbage): keep looking
+                            continue
                         break
                 pos = m.find(needle, pos + 1, hi)
         return None

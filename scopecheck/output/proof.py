@@ -30,7 +30,11 @@ def text(r: ProofResult) -> str:
     for lim in r.limitations:
         out.append(f"note: {lim}")
     gating = r.gating_leaks
-    if not r.leaks:
+    if not r.leaks and "boundary" in r.stats:  # a trust-boundary query: say how much was judged
+        from scopecheck.boundary import verdict_line
+
+        out.append(verdict_line(r.stats["boundary"]["totals"]))
+    elif not r.leaks:
         out.append("no leaks: every touched field is in scope")
     else:
         base = len(r.leaks) - len(gating)
@@ -126,7 +130,9 @@ def to_sarif(r: ProofResult) -> str:
                      "originalUriBaseIds": {"SRCROOT": {"uri": (r.inputs.source_root.resolve().as_uri() + "/")
                                                         if r.inputs.source_root else "file:///"}},
                      "results": results,
-                     "properties": {"evidence": _sarif_evidence(r)}}]}
+                     "properties": {"evidence": _sarif_evidence(r),
+                                    **({"boundary": r.stats["boundary"]["totals"]} if "boundary" in r.stats
+                                       else {})}}]}
     return json.dumps(doc, indent=2) + "\n"
 
 
