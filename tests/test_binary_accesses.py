@@ -34,7 +34,6 @@ KNOWN_MISSES = {
     "copy_ctxt": "*dst = *src of a 1040-byte struct compiles to a call to memcpy",
     # host-boundary.c: the flush's whole-context copy from the host vcpu is a call to memcpy
     "hb_flush_hyp_vcpu": "hyp_vcpu->vcpu.arch.ctxt = host_vcpu->arch.ctxt compiles to a call to memcpy",
-    "hb_handle_vcpu_run": "hyp_vcpu = &hb_hyp_vcpus[idx]: a pointer computed from a global array index, as in pkvm_load_hyp_vcpu",
     "hb_sync_hyp_vcpu": "host_vcpu->arch.ctxt = hyp_vcpu->vcpu.arch.ctxt compiles to a call to memcpy",
     "clear_vgic": "memset() of a member is a call to memset",
 }

@@ -770,8 +770,9 @@ def _analyse(fn, insns, fseeds, R: _Roots, stats, clob=None):
     prov_at: dict[int, list] = {}
     for lo, hi, reg, root, off, kind, hctx in fseeds:
         dst = seed_at if kind == "reg" else mem_at
-        a = lo
-        # instructions are 4-byte aligned; walk the covered addresses
+        # instructions are 4-byte aligned; walk the covered addresses. A range may start inside an
+        # instruction (GCC's "after the call" location views, e.g. 0x86f): it holds from the next one.
+        a = (lo + 3) & ~3
         while a < hi:
             j = index.get(a)
             if j is not None:

@@ -116,7 +116,7 @@ class TUFacts:
 
 # ---------------------------------------------------------------- parsing one TU
 
-#: (header file, its mtime and size, extent offsets, report root) -> the SourceFunction of a
+#: (header file, its mtime and size, offset and name, report root, roots) -> the SourceFunction of a
 #: header function not worth walking (see :meth:`walker.Context.worth_walking`)
 _HEADER_FUNCTIONS: dict = {}
 
@@ -137,7 +137,7 @@ def _header_key(c, ctx, relroot: str, stamps: dict):
             stamp = stamps[name] = (o.st_mtime_ns, o.st_size)
         except OSError:
             return None
-    return (name, stamp, loc.offset, c.spelling, relroot)
+    return (name, stamp, loc.offset, c.spelling, relroot, ctx.roots)
 
 
 def _relroot(cmd: CompileCommand, source_root) -> str:

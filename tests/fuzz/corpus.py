@@ -12,8 +12,10 @@ Linked copies are written once per run into a scratch directory.
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,7 +37,9 @@ def _link(obj: Path, dest: Path) -> Path | None:
         return None
     if not dest.is_file():
         dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dest.with_suffix(".tmp")
+        # a private temporary per process and thread: two callers linking the same seed at once
+        # must not write into one file (the loser would read a truncated ELF)
+        tmp = dest.with_name(f"{dest.name}.tmp-{os.getpid()}-{threading.get_ident()}")
         r = subprocess.run([ld, "-o", str(tmp), str(obj), "--unresolved-symbols=ignore-all", "-e", "0"],
                            capture_output=True, timeout=120)
         if r.returncode != 0 or not tmp.is_file():
