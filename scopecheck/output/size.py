@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import io
 import json
 
@@ -106,6 +105,8 @@ def to_json(reports: list[SizeReport], members: bool = True) -> str:
 
 def to_csv(reports: list[SizeReport], members: bool = False) -> str:
     buf = io.StringIO()
+    import csv
+
     w = csv.writer(buf, lineterminator="\n")
     if members:
         w.writerow(["target", "struct", "path", "offset", "size", "type", "bit_offset", "bit_size"])
