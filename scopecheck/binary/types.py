@@ -116,6 +116,8 @@ class StructFinder:
                         start = attr_off - back
                         if start <= cu.cu_die_offset - 1:
                             break
+                        if not self._aggregate_abbrev(cu, m, info.offset + start):
+                            continue  # not where a struct's DIE starts: no garbage decoded
                         try:
                             die = DIE(cu=cu, stream=cu.dwarfinfo.debug_info_sec.stream,
                                       offset=start)
@@ -137,6 +139,29 @@ class StructFinder:
                         break
                 pos = m.find(needle, pos + 1, hi)
         return None
+
+    @staticmethod
+    def _aggregate_abbrev(cu, m, at: int) -> bool:
+        """True when the ULEB128 at file offset ``at`` is an abbreviation code of ``cu`` for a
+        struct or union (so decoding a DIE there is worth it: a wrong start would decode
+        garbage, possibly a block form millions of bytes long)."""
+        code, shift = 0, 0
+        for i in range(5):
+            if at + i >= len(m):
+                return False
+            b = m[at + i]
+            code |= (b & 0x7F) << shift
+            shift += 7
+            if not b & 0x80:
+                break
+        else:
+            return False
+        if code == 0:
+            return False
+        try:
+            return cu.get_abbrev_table().get_abbrev(code)["tag"] in _AGGREGATE
+        except Exception:  # no such code in this unit's table, or a table that does not decode
+            return False
 
     def _gcc_only(self) -> bool:
         """True when the first and last units come from GCC or GNU as (a kernel is built by one compiler)."""
