@@ -837,30 +837,14 @@ def _analyse(fn, insns, fseeds, R: _Roots, stats, clob=None):
     ctx.clob = clob
     out_state: list = [None] * len(blocks)
     in_state: list = [None] * len(blocks)
-    work = list(range(len(blocks)))
-    inwork = set(work)
-    guard = 0
     bound = 50 * len(blocks) + 100
-    while work and guard < bound:
-        guard += 1
-        bi = work.pop(0)
-        inwork.discard(bi)
-        st = _meet([out_state[p] for p in preds[bi]], R) if preds[bi] else {}
-        if bi == entry_block:
-            st = _entry_params(st, bool(preds[bi]))
-        in_state[bi] = st
-        s, e = blocks[bi]
-        new = ctx.run(st, s, e, record=False)
-        old = out_state[bi]
-        out_state[bi] = new
+
+    def roots_step(old, new):
         # the roots alone decide what is revisited: provenance rides along, it never changes which
         # accesses are found (nor the order the blocks are visited in)
-        if old is None or _roots(new) != _roots(old):
-            for sb in succs[bi]:
-                if sb not in inwork:
-                    work.append(sb)
-                    inwork.add(sb)
-    if work:
+        return new, old is None or _roots(new) != _roots(old)
+
+    if not _worklist(ctx, blocks, preds, succs, entry_block, in_state, out_state, R, bound, roots_step):
         stats["dataflow_bound"].append(fn.name)
         in_state = [_roots(x) if x is not None else None for x in in_state]  # no provenance either
     else:
@@ -880,6 +864,27 @@ def _settle_provenance(ctx, blocks, preds, succs, entry_block, in_state, out_sta
     """Second pass, once the roots are at their fixpoint: iterate the provenance to its own, each
     block's output only ever weakening (the meet of what it was and what it is now), so that it
     ends. A function where it does not within the bound keeps no provenance (not known)."""
+    def weakening_step(old, new):
+        merged = _roots(new)
+        for k, v in new.items():
+            if k >= _M and k in old:
+                w = old[k]
+                m = v if v == w else (_sym_meet(v, w) if k < _H else None)
+                if m is not None:
+                    merged[k] = m
+        return merged, merged != old
+
+    if not _worklist(ctx, blocks, preds, succs, entry_block, in_state, out_state, R, bound, weakening_step):
+        stats["provenance_bound"].append(fn.name)
+        for i, x in enumerate(in_state):
+            if x is not None:
+                in_state[i] = _roots(x)
+
+
+def _worklist(ctx, blocks, preds, succs, entry_block, in_state, out_state, R, bound, step) -> bool:
+    """Run the blocks to a fixpoint: each block's input is the meet of its predecessors' outputs;
+    ``step(old output, new output)`` gives (the output to keep, whether the successors must be
+    revisited). False when ``bound`` visits were not enough."""
     work = list(range(len(blocks)))
     inwork = set(work)
     guard = 0
@@ -892,26 +897,15 @@ def _settle_provenance(ctx, blocks, preds, succs, entry_block, in_state, out_sta
             st = _entry_params(st, bool(preds[bi]))
         in_state[bi] = st
         s, e = blocks[bi]
-        new = ctx.run(st, s, e, record=False)
-        old = out_state[bi]
-        merged = _roots(new)
-        for k, v in new.items():
-            if k >= _M and k in old:
-                w = old[k]
-                m = v if v == w else (_sym_meet(v, w) if k < _H else None)
-                if m is not None:
-                    merged[k] = m
-        if merged != old:
-            out_state[bi] = merged
+        keep, changed = step(out_state[bi], ctx.run(st, s, e, record=False))
+        if keep is not out_state[bi]:
+            out_state[bi] = keep
+        if changed:
             for sb in succs[bi]:
                 if sb not in inwork:
                     work.append(sb)
                     inwork.add(sb)
-    if work:
-        stats["provenance_bound"].append(fn.name)
-        for i, x in enumerate(in_state):
-            if x is not None:
-                in_state[i] = _roots(x)
+    return not work
 
 
 def _entry_params(st, has_preds):
