@@ -160,7 +160,7 @@ class StructFinder:
             return False
         try:
             return cu.get_abbrev_table().get_abbrev(code)["tag"] in _AGGREGATE
-        except Exception:  # no such code in this unit's table, or a table that does not decode
+        except KeyError:  # no such code in this unit's table (a table that does not decode fails the read)
             return False
 
     def _gcc_only(self) -> bool:
