@@ -117,7 +117,8 @@ class TUFacts:
 # ---------------------------------------------------------------- parsing one TU
 
 #: (header file, its mtime and size, offset and name, report root, roots) -> the SourceFunction of a
-#: header function not worth walking (see :meth:`walker.Context.worth_walking`)
+#: header function not worth walking (see :meth:`walker.Context.worth_walking`); cleared per
+#: :func:`source_facts` call, so worker processes forked for it start from that call's state
 _HEADER_FUNCTIONS: dict = {}
 
 
@@ -253,14 +254,22 @@ def _index_path(args, cmd: CompileCommand, roots, source_root) -> tuple[Path, Pa
     return d, d / f"{ident}.index.json"
 
 
-def cached_tu(cmd: CompileCommand, roots, source_root, cache: bool, memo: dict) -> TUFacts:
-    if not cache or not _cache.enabled():
-        return parse_tu(cmd, roots, source_root)
+def _last_key(cmd: CompileCommand, roots, source_root, memo: dict) -> tuple[Path, Path, str | None]:
+    """(cache dir, the TU's index file, the facts key its last parse's include list gives today,
+    or None when it was never cached)."""
     args = clang_args(cmd)
     d, index_p = _index_path(args, cmd, roots, source_root)
     idx = _read_json(index_p)
-    if isinstance(idx, dict) and isinstance(idx.get("includes"), list):
-        key = _tu_key(args + sorted(roots), cmd.file, idx["includes"], memo)
+    if not (isinstance(idx, dict) and isinstance(idx.get("includes"), list)):
+        return d, index_p, None
+    return d, index_p, _tu_key(args + sorted(roots), cmd.file, idx["includes"], memo)
+
+
+def cached_tu(cmd: CompileCommand, roots, source_root, cache: bool, memo: dict) -> TUFacts:
+    if not cache or not _cache.enabled():
+        return parse_tu(cmd, roots, source_root)
+    d, index_p, key = _last_key(cmd, roots, source_root, memo)
+    if key is not None:
         facts = _read_facts(d / f"{key}.facts.msgpack")
         if isinstance(facts, TUFacts):
             STATS["cache_hits"] += 1
@@ -268,7 +277,7 @@ def cached_tu(cmd: CompileCommand, roots, source_root, cache: bool, memo: dict) 
     facts = parse_tu(cmd, roots, source_root)
     if any("could not parse" in x for x in facts.diagnostics):
         return facts
-    key = _tu_key(args + sorted(roots), cmd.file, facts.includes, memo)
+    key = _tu_key(clang_args(cmd) + sorted(roots), cmd.file, facts.includes, memo)
     if not _cache.write(d / f"{key}.facts.msgpack", facts.to_wire()):
         return facts
     atomic_write_text(index_p, json.dumps({"file": cmd.file, "includes": facts.includes, "key": key}))
@@ -322,18 +331,17 @@ def _whole_path(cmds, roots, source_root, memo) -> Path | None:
     h = hashlib.sha256(json.dumps([CACHE_SCHEMA, sorted(roots), str(source_root)]).encode())
     d = None
     for c in cmds:
-        args = clang_args(c)
-        d, index_p = _index_path(args, c, roots, source_root)
-        idx = _read_json(index_p)
-        if not (isinstance(idx, dict) and isinstance(idx.get("includes"), list)):
+        d, _index_p, key = _last_key(c, roots, source_root, memo)
+        if key is None:
             return None
-        h.update(_tu_key(args + sorted(roots), c.file, idx["includes"], memo).encode() + b"\0")
+        h.update(key.encode() + b"\0")
     if d is None:
         return None
     return d / f"{h.hexdigest()}.whole.msgpack"
 
 
 def _merge(cmds, roots, source_root, cache: bool, memo: dict, progress) -> SourceFacts:
+    _HEADER_FUNCTIONS.clear()  # one run's memo (a library caller may run many: it must not grow)
     facts = SourceFacts()
     seen_fn: set = set()
     seen_at: set = set()
@@ -413,13 +421,8 @@ def _weight(cmd) -> int:
 
 def _cached_only(cmd, roots, source_root, memo) -> bool:
     """True when the cache holds this TU (so reading it here is cheaper than a worker)."""
-    args = clang_args(cmd)
-    d, index_p = _index_path(args, cmd, roots, source_root)
-    idx = _read_json(index_p)
-    if not (isinstance(idx, dict) and isinstance(idx.get("includes"), list)):
-        return False
-    key = _tu_key(args + sorted(roots), cmd.file, idx["includes"], memo)
-    return (d / f"{key}.facts.msgpack").is_file()
+    d, _index_p, key = _last_key(cmd, roots, source_root, memo)
+    return key is not None and (d / f"{key}.facts.msgpack").is_file()
 
 
 def enum_constants(cmd: CompileCommand) -> dict[str, int]:
