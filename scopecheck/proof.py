@@ -181,61 +181,30 @@ def prove(target, source=None, query: str | Query = "rfc-hyp-scope", *, binary_o
     inp = resolve_inputs(target, source, binary_only)
     step = progress or (lambda msg: None)
 
-    from scopecheck.binary.elf import ElfImage
-    from scopecheck.binary.functions import hyp_functions
-    from scopecheck.layout import load_layouts
-
-    step("reading hyp functions from the binary")
-    cached = _binary_cache_load(inp.elf) if use_cache else None
-    if cached is not None:
-        facts, b_acc, b_esc, b_stats = cached
-    else:
-        with ElfImage(inp.elf) as elf:
-            elf.require_dwarf()
-            facts = hyp_functions(elf)
-        b_acc = b_esc = b_stats = None
-    if not facts.functions:
-        raise InputError(f"{inp.elf}: no nVHE hyp code found (no __kvm_nvhe_ functions with DWARF)")
-    layouts = {k: v for k, v in load_layouts(inp.elf, ROOTS, use_cache=use_cache).items() if v}
-    layout_notes = []
-    for extra in BOUNDARY_ROOTS:  # sizes for the boundary's kvm accesses: best effort
-        try:
-            layouts.update({k: v for k, v in load_layouts(inp.elf, (extra,), use_cache=use_cache).items() if v})
-        except InputError as e:
-            layout_notes.append(f"struct {extra}: no layout, its fields have no offset or size ({e})")
-    if "kvm_vcpu" not in layouts:
-        raise InputError(f"{inp.elf}: struct kvm_vcpu not found in DWARF")
-    _refuse_unjudgeable(q, layouts, inp)
-
-    src_facts = None
-    diagnostics: list[str] = list(layout_notes)
+    job = None
     if inp.compdb is not None:
-        step("reading hyp source with libclang")
-        src_facts, inp.source_root = _source_facts(inp, use_cache, progress)
-        diagnostics.extend(src_facts.diagnostics)
+        step("reading hyp source with libclang (worker processes) and the binary")
+        job = _start_source(inp, use_cache)  # workers parse C while this process reads the binary
+    try:
+        facts, b_acc, b_esc, b_stats, layouts, layout_notes, params = _binary_door(inp, q, use_cache, step)
+        src_facts = None
+        diagnostics: list[str] = list(layout_notes)
+        if job is not None:
+            step("reading hyp assembly, waiting for the C workers")
+            src_facts, inp.source_root = _finish_source(job, inp, use_cache)
+            diagnostics.extend(src_facts.diagnostics)
+    finally:
+        if job is not None:
+            job.pending.close()
     root_str = str(inp.source_root) if inp.source_root else None
+    if params is not None:
+        params = {norm_key(k, root_str): v for k, v in params.items()}
     mode = "source+binary" if src_facts is not None else "binary-only"
     limits = [] if src_facts is not None else list(BINARY_ONLY_LIMITS)
 
     step("building the call graph")
     g = build_graph(facts, src_facts, root_str, entry_points or q.entry_points or None)
 
-    if b_acc is None:
-        step("reading loads and stores of vcpu fields from the machine code")
-        from scopecheck.binary.accesses import binary_accesses
-
-        b_acc, b_esc, b_stats = binary_accesses(inp.elf, facts, use_cache=use_cache)
-        if use_cache:
-            _binary_cache_save(inp.elf, (facts, b_acc, b_esc, b_stats))
-    params = None
-    if q.only_param_type or "pkvm_hyp_vcpu" in (q.roots or ()):
-        from scopecheck.binary.params import param_types
-
-        raw_params = param_types(inp.elf, facts)
-        params = {norm_key(k, root_str): v for k, v in raw_params.items()}
-        if raw_params.unreadable:  # never silent: listed as unanalysed evidence
-            b_stats = dict(b_stats) if isinstance(b_stats, dict) else {}
-            b_stats["unanalysed"] = list(b_stats.get("unanalysed", ())) + raw_params.unreadable
     # reconcile: every machine access explained by the source or reported itself, nothing dropped
     step("reconciling source and machine code")
     from scopecheck.reconcile import binary_provenance, reconcile
@@ -303,6 +272,52 @@ def prove(target, source=None, query: str | Query = "rfc-hyp-scope", *, binary_o
                        stats, diagnostics, ledger, source_facts=src_facts)
 
 
+def _binary_door(inp: Inputs, q: Query, use_cache: bool, step):
+    """(hyp functions, machine accesses, escalations, stats, layouts, layout notes, parameter types
+    or None) read from the ELF; the parameter types' keys are not normalised yet."""
+    from scopecheck.binary.elf import ElfImage
+    from scopecheck.binary.functions import hyp_functions
+    from scopecheck.layout import load_layouts
+
+    cached = _binary_cache_load(inp.elf) if use_cache else None
+    if cached is not None:
+        facts, b_acc, b_esc, b_stats = cached
+    else:
+        step("reading hyp functions from the binary")
+        with ElfImage(inp.elf) as elf:
+            elf.require_dwarf()
+            facts = hyp_functions(elf)
+        b_acc = b_esc = b_stats = None
+    if not facts.functions:
+        raise InputError(f"{inp.elf}: no nVHE hyp code found (no __kvm_nvhe_ functions with DWARF)")
+    layouts = {k: v for k, v in load_layouts(inp.elf, ROOTS, use_cache=use_cache).items() if v}
+    layout_notes = []
+    for extra in BOUNDARY_ROOTS:  # sizes for the boundary's kvm accesses: best effort
+        try:
+            layouts.update({k: v for k, v in load_layouts(inp.elf, (extra,), use_cache=use_cache).items() if v})
+        except InputError as e:
+            layout_notes.append(f"struct {extra}: no layout, its fields have no offset or size ({e})")
+    if "kvm_vcpu" not in layouts:
+        raise InputError(f"{inp.elf}: struct kvm_vcpu not found in DWARF")
+    _refuse_unjudgeable(q, layouts, inp)
+    if b_acc is None:
+        step("reading loads and stores of vcpu fields from the machine code")
+        from scopecheck.binary.accesses import binary_accesses
+
+        b_acc, b_esc, b_stats = binary_accesses(inp.elf, facts, use_cache=use_cache)
+        if use_cache:
+            _binary_cache_save(inp.elf, (facts, b_acc, b_esc, b_stats))
+    params = None
+    if q.only_param_type or "pkvm_hyp_vcpu" in (q.roots or ()):
+        from scopecheck.binary.params import param_types
+
+        params = param_types(inp.elf, facts)
+        if params.unreadable:  # never silent: listed as unanalysed evidence
+            b_stats = dict(b_stats) if isinstance(b_stats, dict) else {}
+            b_stats["unanalysed"] = list(b_stats.get("unanalysed", ())) + params.unreadable
+    return facts, b_acc, b_esc, b_stats, layouts, layout_notes, params
+
+
 def _binary_cache_path(elf_path: Path) -> Path | None:
     """Keyed by the ELF's identity (build-id, size, mtime, path) and scopecheck's code fingerprint."""
     from scopecheck import cache
@@ -344,9 +359,20 @@ def _binary_cache_save(elf_path: Path, data) -> None:
         cache.write(p, tuple(data))
 
 
-def _source_facts(inp: Inputs, use_cache: bool, progress):
+@dataclass
+class _SourceJob:
+    """The source door, started: C translation units parsing in worker processes."""
+    pending: object  # clang_facts.PendingSourceFacts
+    hyp: list
+    c_cmds: list
+    s_files: list
+    kernel: bool
+    root: Path | None
+
+
+def _start_source(inp: Inputs, use_cache: bool, progress=None) -> _SourceJob:
     from scopecheck.source import compdb as cdb
-    from scopecheck.source.clang_facts import source_facts
+    from scopecheck.source.clang_facts import start_source_facts
 
     text = inp.compdb.read_text(errors="replace")
     kernel = "__KVM_NVHE_HYPERVISOR__" in text or "/kvm/hyp/nvhe/" in text
@@ -364,15 +390,35 @@ def _source_facts(inp: Inputs, use_cache: bool, progress):
         # the kernel's database lists no .S: take the hyp assembly of the nvhe objects
         hyp_dir = Path(root) / "arch/arm64/kvm/hyp"
         s_files = sorted(str(p) for p in [*hyp_dir.glob("nvhe/*.S"), *hyp_dir.glob("*.S")])
-    facts = source_facts(c_cmds, roots=ROOTS + BOUNDARY_ROOTS, cache=use_cache)
-    if inp.asm_offsets is not None and s_files:
-        _asm_facts(facts, hyp, c_cmds, s_files, inp, kernel, root, use_cache)
-    return facts, root
+    pending = start_source_facts(c_cmds, roots=ROOTS + BOUNDARY_ROOTS, cache=use_cache, progress=progress)
+    return _SourceJob(pending, hyp, c_cmds, s_files, kernel, root)
 
 
-def _asm_facts(facts, hyp, c_cmds, s_files, inp: Inputs, kernel: bool, root, use_cache: bool) -> None:
-    """Hyp assembly preprocessed with each file's own command (source/asm_pp.py); the regex
-    reading of the unpreprocessed file only where no command or no preprocessor run worked."""
+def _finish_source(job: _SourceJob, inp: Inputs, use_cache: bool):
+    """(SourceFacts, source root): the assembly is read here while the C workers run, then their
+    facts are merged."""
+    asm = None
+    if inp.asm_offsets is not None and job.s_files:
+        asm = _asm_facts(job.hyp, job.c_cmds, job.s_files, inp, job.kernel, job.root, use_cache)
+    facts = job.pending.result()
+    if asm is not None:
+        facts.accesses.extend(asm[0])
+        facts.unanalysed.extend(asm[1])
+    return facts, job.root
+
+
+def _source_facts(inp: Inputs, use_cache: bool, progress):
+    job = _start_source(inp, use_cache, progress)
+    try:
+        return _finish_source(job, inp, use_cache)
+    finally:
+        job.pending.close()
+
+
+def _asm_facts(hyp, c_cmds, s_files, inp: Inputs, kernel: bool, root, use_cache: bool) -> tuple[list, list]:
+    """(accesses, unanalysed) of the hyp assembly, preprocessed with each file's own command
+    (source/asm_pp.py); the regex reading of the unpreprocessed file only where no command or
+    no preprocessor run worked."""
     from scopecheck.source.asm_offsets import asm_accesses, parse_asm_offsets
     from scopecheck.source.asm_pp import asm_facts, kbuild_asm_commands
 
@@ -382,13 +428,14 @@ def _asm_facts(facts, hyp, c_cmds, s_files, inp: Inputs, kernel: bool, root, use
                   if c.file in set(s_files)]
     c_cmd = next((c for c in c_cmds if c.file.endswith(("/switch.c", "/hyp-main.c"))), c_cmds[0] if c_cmds else None)
     res = asm_facts(s_cmds, inp.asm_offsets, c_cmd, roots=ROOTS, source_root=root, cache=use_cache)
-    facts.accesses.extend(res.accesses)
-    facts.unanalysed.extend(u for u in res.unanalysed if u.kind != "asm-file")
+    accesses = list(res.accesses)
+    unanalysed = [u for u in res.unanalysed if u.kind != "asm-file"]
     done = {c.file for c in s_cmds} - {os.path.normpath(os.path.join(str(root or ""), u.file or ""))
                                        for u in res.unanalysed if u.kind == "asm-file"}
     rest = [f for f in s_files if os.path.normpath(f) not in done]
     if rest:
-        facts.accesses.extend(asm_accesses(rest, parse_asm_offsets(inp.asm_offsets)))
+        accesses.extend(asm_accesses(rest, parse_asm_offsets(inp.asm_offsets)))
+    return accesses, unanalysed
 
 
 def _is_nvhe(cmd) -> bool:

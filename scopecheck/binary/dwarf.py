@@ -78,6 +78,189 @@ def children(die):
         yield c
 
 
+# -- skimming: the children of a DIE with the tags asked for, the others skipped undecoded --
+
+_FIXED_FORMS = {
+    **dict.fromkeys(("DW_FORM_data1", "DW_FORM_ref1", "DW_FORM_flag", "DW_FORM_strx1", "DW_FORM_addrx1"), 1),
+    **dict.fromkeys(("DW_FORM_data2", "DW_FORM_ref2", "DW_FORM_strx2", "DW_FORM_addrx2"), 2),
+    **dict.fromkeys(("DW_FORM_strx3", "DW_FORM_addrx3"), 3),
+    **dict.fromkeys(("DW_FORM_data4", "DW_FORM_ref4", "DW_FORM_strx4", "DW_FORM_addrx4", "DW_FORM_ref_sup4"), 4),
+    **dict.fromkeys(("DW_FORM_data8", "DW_FORM_ref8", "DW_FORM_ref_sig8", "DW_FORM_ref_sup8"), 8),
+    "DW_FORM_data16": 16,
+    **dict.fromkeys(("DW_FORM_flag_present", "DW_FORM_implicit_const"), 0),
+}
+_OFFSET_FORMS = frozenset(("DW_FORM_strp", "DW_FORM_sec_offset", "DW_FORM_line_strp", "DW_FORM_GNU_ref_alt",
+                           "DW_FORM_GNU_strp_alt", "DW_FORM_strp_sup"))
+_LEB_FORMS = frozenset(("DW_FORM_udata", "DW_FORM_sdata", "DW_FORM_ref_udata", "DW_FORM_strx", "DW_FORM_addrx",
+                        "DW_FORM_loclistx", "DW_FORM_rnglistx", "DW_FORM_GNU_addr_index",
+                        "DW_FORM_GNU_str_index"))
+_BLOCK_FORMS = {"DW_FORM_block1": 1, "DW_FORM_block2": 2, "DW_FORM_block4": 4, "DW_FORM_block": 0,
+                "DW_FORM_exprloc": 0}
+_CU_REF_FORMS = frozenset(("DW_FORM_ref1", "DW_FORM_ref2", "DW_FORM_ref4", "DW_FORM_ref8", "DW_FORM_ref_udata"))
+# steps of a plan: (FIXED, n) (LEB, 0) (STRING, 0) (BLOCK, length size or 0 for ULEB) (INDIRECT, 0),
+# and (SIBLING, form) for a DW_AT_sibling whose value is wanted
+_FIXED, _LEB, _STRING, _BLOCK, _INDIRECT, _SIBLING = range(6)
+
+
+def _uleb(data, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        b = data[pos]
+        pos += 1
+        value |= (b & 0x7F) << shift
+        if not b & 0x80:
+            return value, pos
+        shift += 7
+        if shift > 63:
+            raise ValueError("LEB128 longer than 64 bits")
+
+
+def _form_step(form: str, addr_size: int, offset_size: int, version: int) -> tuple[int, int]:
+    if form in _FIXED_FORMS:
+        return _FIXED, _FIXED_FORMS[form]
+    if form == "DW_FORM_addr":
+        return _FIXED, addr_size
+    if form in _OFFSET_FORMS:
+        return _FIXED, offset_size
+    if form == "DW_FORM_ref_addr":
+        return _FIXED, addr_size if version == 2 else offset_size
+    if form in _LEB_FORMS:
+        return _LEB, 0
+    if form == "DW_FORM_string":
+        return _STRING, 0
+    if form in _BLOCK_FORMS:
+        return _BLOCK, _BLOCK_FORMS[form]
+    if form == "DW_FORM_indirect":
+        return _INDIRECT, 0
+    raise ValueError(f"unknown DWARF form {form}")
+
+
+class _Skimmer:
+    """One unit's abbreviations compiled to byte-skipping plans over the unit's bytes."""
+
+    def __init__(self, cu):
+        self.cu = cu
+        self.addr_size = cu["address_size"]
+        self.offset_size = 8 if cu.structs.dwarf_format == 64 else 4
+        self.version = cu["version"]
+        self.table = cu.get_abbrev_table()
+        self.plans: dict[int, tuple] = {}
+        stream = cu.get_top_DIE().stream
+        stream.seek(cu.cu_offset)
+        self.base = cu.cu_offset
+        self.data = stream.read(cu.size)
+        if len(self.data) != cu.size:
+            raise ValueError(f"unit {cu.cu_offset:#x} is cut short")
+
+    def plan(self, code: int) -> tuple:
+        p = self.plans.get(code)
+        if p is None:
+            decl = self.table.get_abbrev(code)  # KeyError: no such code (corrupt)
+            steps: list = []
+            for spec in decl["attr_spec"]:
+                if spec.name == "DW_AT_sibling" and spec.form in _CU_REF_FORMS:
+                    steps.append((_SIBLING, spec.form))
+                    continue
+                kind, n = _form_step(spec.form, self.addr_size, self.offset_size, self.version)
+                if kind == _FIXED and steps and steps[-1][0] == _FIXED:
+                    steps[-1] = (_FIXED, steps[-1][1] + n)
+                elif not (kind == _FIXED and n == 0):
+                    steps.append((kind, n))
+            p = self.plans[code] = (decl["tag"], decl.has_children(), tuple(steps))
+        return p
+
+    def _value(self, form: str, pos: int) -> tuple[int, int]:
+        if form == "DW_FORM_ref_udata":
+            return _uleb(self.data, pos)
+        n = _FIXED_FORMS[form]
+        return int.from_bytes(self.data[pos:pos + n], "little"), pos + n
+
+    def entry(self, off: int) -> tuple[str | None, bool, int, int | None]:
+        """(tag or None for a null entry, has children, offset after its attributes, its sibling's
+        offset or None) of the entry at section offset ``off``."""
+        data, pos = self.data, off - self.base
+        code, pos = _uleb(data, pos)
+        if code == 0:
+            return None, False, pos + self.base, None
+        tag, has_children, steps = self.plan(code)
+        sibling = None
+        for kind, n in steps:
+            if kind == _FIXED:
+                pos += n
+            elif kind == _LEB:
+                while data[pos] & 0x80:
+                    pos += 1
+                pos += 1
+            elif kind == _SIBLING:
+                v, pos = self._value(n, pos)
+                sibling = self.base + v
+            elif kind == _STRING:
+                pos = data.index(b"\0", pos) + 1
+            elif kind == _BLOCK:
+                if n:
+                    length = int.from_bytes(data[pos:pos + n], "little")
+                    pos += n
+                else:
+                    length, pos = _uleb(data, pos)
+                pos += length
+            else:  # DW_FORM_indirect: the form is written in front of the value
+                from elftools.dwarf.enums import ENUM_DW_FORM
+
+                fcode, pos = _uleb(data, pos)
+                form = next((k for k, v in ENUM_DW_FORM.items() if v == fcode), None)
+                if form is None or form == "DW_FORM_indirect":
+                    raise ValueError(f"bad indirect form {fcode}")
+                k2, n2 = _form_step(form, self.addr_size, self.offset_size, self.version)
+                if k2 != _FIXED:
+                    raise ValueError(f"indirect form {form} is not skimmed")
+                pos += n2
+        if pos > len(data):
+            raise ValueError(f"entry at {off:#x} runs past its unit")
+        return tag, has_children, pos + self.base, sibling
+
+    def end_of_subtree(self, after: int) -> int:
+        """The offset after the children list that starts at ``after`` (nested lists included)."""
+        depth, pos, end = 1, after, self.base + len(self.data)
+        while depth:
+            if pos >= end:
+                raise ValueError(f"children at {after:#x} run past their unit")
+            tag, has_children, nxt, sibling = self.entry(pos)
+            if tag is None:
+                depth -= 1
+            elif has_children:
+                if sibling is not None and sibling > pos:
+                    nxt = sibling
+                else:
+                    depth += 1
+            pos = nxt
+        return pos
+
+
+def skim_children(die, tags: frozenset):
+    """The children of ``die`` whose tag is in ``tags``, as pyelftools DIEs; the other children
+    (most of a kernel unit's top level: types, declarations) are skipped by their abbreviation's
+    forms without being decoded. Raises ValueError on entries that do not decode."""
+    if not die.has_children:
+        return
+    cu = die.cu
+    sk = _Skimmer(cu)
+    pos, end = die.offset + die.size, cu.cu_offset + cu.size
+    while pos < end:
+        tag, has_children, nxt, sibling = sk.entry(pos)
+        if tag is None:
+            return
+        if tag in tags:
+            yield cu.get_DIE_from_refaddr(pos)
+        if has_children:
+            if sibling is not None:
+                if sibling <= pos:
+                    raise ValueError(f"DIE {pos:#x}: DW_AT_sibling points back to {sibling:#x}")
+                nxt = sibling
+            else:
+                nxt = sk.end_of_subtree(nxt)
+        pos = nxt
+
+
 def line_program(dwarf, cu):
     """``dwarf.line_program_for_CU(cu)``; a corrupt header's AttributeError or NotImplementedError
     (pyelftools resolving DWARF 5 entry formats) becomes a ValueError, a corrupt-input error."""

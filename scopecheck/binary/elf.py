@@ -53,11 +53,14 @@ class SectionStream:
         if n is None or n < 0:
             end = self._size
         else:
-            end = min(pos + n, self._size)
+            end = pos + n  # pyelftools reads a byte at a time: no min() call
+            if end > self._size:
+                end = self._size
         if end <= pos:
             return b""
         self._pos = end
-        return self._map[self._base + pos: self._base + end]
+        base = self._base
+        return self._map[base + pos: base + end]
 
     def seek(self, offset: int, whence: int = 0) -> int:
         if whence == 0:

@@ -31,7 +31,8 @@ import time
 from dataclasses import dataclass
 
 from scopecheck.binary import disasm
-from scopecheck.binary.dwarf import children, line_program, open_dwarf, reading_dwarf
+from scopecheck.binary.dwarf import (children, cu_offsets, line_program, open_dwarf, reading_dwarf,
+                                     skim_children)
 from scopecheck.binary.elf import SHT_NOBITS, ElfImage
 from scopecheck.errors import InputError
 from scopecheck.model_code import CallEdge, HypFacts, HypFunction, InlinedInstance, Unanalysed
@@ -50,6 +51,7 @@ R_AARCH64_RELATIVE = 1027
 _R_ADDR = {274, 275, 276, 277, 278, 284, 285, 286, 299}  # adr, adrp, add :lo12:, ldst :lo12:
 
 _CALL_SITE = ("DW_TAG_call_site", "DW_TAG_GNU_call_site")
+_CU_LEVEL_TAGS = frozenset(("DW_TAG_subprogram", "DW_TAG_variable"))  # what walk_cu reads of a unit's top level
 # mapping symbols, local labels, linker-script section markers (not functions)
 _MARKERS = ("$", ".L", "__hyp_section_", "__start_", "__stop_", "__hyp_idmap_text_", "__hyp_text_")
 
@@ -358,8 +360,8 @@ class _DwarfWalker:
             hi = h.value if h.form == "DW_FORM_addr" else lo.value + h.value
             return ((lo.value, hi),)
         r = a.get("DW_AT_ranges")
-        if r is None or r.form == "DW_FORM_rnglistx":
-            return ()
+        if r is None:
+            return ()  # (a DW_FORM_rnglistx index comes translated to its list's offset by pyelftools)
         if self._rl is None:
             self._rl = self.dwarf.range_lists()
         if self._rl is None:
@@ -397,7 +399,7 @@ class _DwarfWalker:
         if producer.startswith("GNU AS") or not top.has_children:
             self.asm_cus.append((cu_name, cu))
             return
-        for die in children(top):
+        for die in skim_children(top, _CU_LEVEL_TAGS):
             tag = die.tag
             if tag == "DW_TAG_subprogram":
                 self._subprogram(die, cu_name)
@@ -610,9 +612,12 @@ def _facts(elf: ElfImage) -> HypFacts:
         if not text_ranges:
             raise InputError(f"{elf.path}: no nVHE hyp here (no __kvm_nvhe_ text symbols)")
         ar = read_aranges(elf)
+        # clang writes no .debug_aranges for C units (only -gdwarf-aranges would): a unit the
+        # table lacks is placed by its own top DIE's ranges (GCC's kernels list every unit)
+        for off in cu_offsets(elf, dwarf):
+            if off not in ar:
+                ar[off] = walker.ranges(dwarf.get_CU_at(off).get_top_DIE())
         offs = sorted(off for off, rs in ar.items() if any(_overlaps(rs, lo, hi) for lo, hi in text_ranges))
-        if not ar:
-            raise InputError(f"{elf.path}: no .debug_aranges; cannot find the hyp's units cheaply")
         cus = [dwarf.get_CU_at(o) for o in offs]
     timings["find_units"] = time.perf_counter() - t
 

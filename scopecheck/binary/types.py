@@ -15,12 +15,13 @@ import bisect
 import struct
 from typing import Iterable
 
-from scopecheck.binary.dwarf import children, cu_offsets, one_line, open_dwarf, uses_windows
+from scopecheck.binary.dwarf import children, cu_offsets, one_line, open_dwarf, skim_children, uses_windows
 from scopecheck.binary.elf import ElfImage
 from scopecheck.errors import InputError
 from scopecheck.model import Member, StructLayout, StructStats
 
 _AGGREGATE = ("DW_TAG_structure_type", "DW_TAG_union_type")
+_AGGREGATE_TAGS = frozenset(_AGGREGATE)
 _SKIP = ("DW_TAG_typedef", "DW_TAG_const_type", "DW_TAG_volatile_type",
          "DW_TAG_restrict_type", "DW_TAG_atomic_type", "DW_TAG_immutable_type")
 
@@ -79,9 +80,25 @@ class StructFinder:
             die = self._find_by_string(name)
             if die is not None:
                 return die
-            if ".debug_str_offsets" not in self.elf.sections:
-                return None  # the name is in no unit's strp or inline string
+            if ".debug_str_offsets" not in self.elf.sections or not self._named_anywhere(name):
+                return None  # the name is in no unit's strp, strx or inline string
         return self._find_by_walk(name)
+
+    def _named_anywhere(self, name: str) -> bool:
+        """False when no DIE can be named ``name``: the string is neither in .debug_str (strp
+        and strx names) nor inline in .debug_info (DW_FORM_string)."""
+        m, target = self.elf.map, name.encode() + b"\0"
+        for sec in (".debug_str", ".debug_info"):
+            s = self.elf.sections.get(sec)
+            if s is None:
+                continue
+            lo, hi = s.offset, s.offset + s.size
+            pos = m.find(target, lo, hi)
+            while pos >= 0:
+                if pos == lo or m[pos - 1] == 0 or sec == ".debug_info":
+                    return True
+                pos = m.find(target, pos + 1, hi)
+        return False
 
     def _find_by_string(self, name: str):
         from elftools.dwarf.die import DIE
@@ -180,21 +197,42 @@ class StructFinder:
         return self._gcc
 
     def _find_by_walk(self, name: str):
+        """Walk the units' top levels for the definition (a clang DWARF 5 kernel names its
+        structs by string index, which no byte scan finds). Units of kvm code come first: they
+        all define the vcpu structs, so a lookup usually ends within the first few units; the
+        walk stops there and a later lookup goes on from where it stopped."""
         if self._walked is None:
             self._walked = {}
-            try:
-                for cu in self.dwarf.iter_CUs():
-                    for die in children(cu.get_top_DIE()):
-                        if die.tag in _AGGREGATE and "DW_AT_declaration" not in die.attributes \
-                                and "DW_AT_byte_size" in die.attributes:
-                            n = _name(die)
-                            if n and n not in self._walked:
-                                self._walked[n] = die
-            except InputError:
-                raise
-            except Exception as e:
-                raise InputError(f"{self.elf.path}: unreadable DWARF ({one_line(e)})") from None
-        return self._walked.get(name)
+            self._walk = self._aggregates()
+        if name in self._walked:
+            return self._walked[name]
+        try:
+            for n, die in self._walk:
+                if n not in self._walked:
+                    self._walked[n] = die
+                    if n == name:
+                        return die
+        except InputError:
+            raise
+        except Exception as e:
+            raise InputError(f"{self.elf.path}: unreadable DWARF ({one_line(e)})") from None
+        return None
+
+    def _aggregates(self):
+        """(name, DIE) of each struct or union defined at a unit's top level, kvm units first."""
+        units = list(self.dwarf.iter_CUs())
+
+        def kvm_first(cu):
+            a = cu.get_top_DIE().attributes.get("DW_AT_name")
+            v = a.value if a is not None else b""
+            return 0 if isinstance(v, bytes) and b"/kvm/" in v else 1
+
+        for cu in sorted(units, key=kvm_first):  # stable: unit order within each group
+            for die in skim_children(cu.get_top_DIE(), _AGGREGATE_TAGS):
+                if "DW_AT_declaration" not in die.attributes and "DW_AT_byte_size" in die.attributes:
+                    n = _name(die)
+                    if n:
+                        yield n, die
 
 
 # ---------------------------------------------------------------- layouts

@@ -981,6 +981,10 @@ def c_context(cmd: CompileCommand | None, roots: Iterable[str]) -> tuple[dict, d
             if names:
                 symbols[c.spelling] = names[0]
         elif c.kind == K.FUNCTION_DECL:
+            # ~10,000 declarations per kernel TU: only those whose type names a root have their
+            # parameters looked at (the written and the canonical spelling: typedefs, tags)
+            if not any(r in c.type.spelling or r in c.type.get_canonical().spelling for r in roots):
+                continue
             regs = {}
             for i, a in enumerate(c.get_arguments()):
                 r = root_of_ptr(a.type)

@@ -73,6 +73,9 @@ class TUFacts:
         self.file_scope: list[AddressTaken] = []
         self.diagnostics: list[str] = []
         self.includes: list[str] = []
+        #: keys of the header functions among ``functions`` (shared with other TUs through
+        #: ``_HEADER_FUNCTIONS``; not cached)
+        self.shared: set = set()
 
     def to_json(self) -> dict:
         return {"functions": [_dump(f) for f in self.functions],
@@ -116,29 +119,48 @@ class TUFacts:
 
 # ---------------------------------------------------------------- parsing one TU
 
-#: (header file, its mtime and size, offset and name, report root, roots) -> the SourceFunction of a
-#: header function not worth walking (see :meth:`walker.Context.worth_walking`); cleared per
-#: :func:`source_facts` call, so worker processes forked for it start from that call's state
+#: (header file, its mtime and size, offset and name, report root, roots, the arguments' key) ->
+#: (SourceFunction, its per-function records or None) of a function defined outside the main
+#: file. Every hyp translation unit includes the same kvm headers: of the ~4,500 function
+#: definitions 21 6.1 hyp TUs walk, 626 are distinct. A header function is walked once per
+#: process and copied into every TU that defines it, which is what the merge of
+#: :func:`source_facts` assumes anyway (the first TU's version of a header function is the one
+#: kept). Cleared per :func:`source_facts` call, so worker processes forked for it start from
+#: that call's state.
 _HEADER_FUNCTIONS: dict = {}
 
 
-def _header_key(c, ctx, relroot: str, stamps: dict):
-    """The memo key of a function defined outside the main file and outside kvm code, or None."""
-    loc = c.location  # one libclang lookup gives file and offset of the name
-    f = loc.file
-    if f is None:
+def _args_key(args: list[str]) -> str:
+    """The clang arguments that can change a header function's body: all but the main file's
+    name in kbuild's per-object defines (KBUILD_BASENAME and friends)."""
+    return hashlib.sha256("\0".join(a for a in args if "KBUILD_" not in a).encode()).hexdigest()
+
+
+def _header_key(c, ctx, relroot: str, files: dict, args_key: str, nth: dict):
+    """The memo key of a function defined outside the main file, or None.
+
+    A function is named by where its name is expanded and by how many definitions this TU had
+    there before it (one macro expansion can define several functions): asking libclang for
+    each cursor's spelling costs more than the rest of the key."""
+    from scopecheck.source import clangext as cx
+
+    f, off = cx.file_offset(c)
+    if not f:
         return None
-    name = os.path.normpath(f.name)
-    if name == ctx.main_file or "kvm" in name:
-        return None
-    stamp = stamps.get(name)
-    if stamp is None:
+    entry = files.get(f)
+    if entry is None:
+        name = os.path.normpath(cx.file_name(f))
         try:
             o = os.stat(name)
-            stamp = stamps[name] = (o.st_mtime_ns, o.st_size)
+            stamp = (o.st_mtime_ns, o.st_size)
         except OSError:
-            return None
-    return (name, stamp, loc.offset, c.spelling, relroot, ctx.roots)
+            stamp = None
+        entry = files[f] = None if (name == ctx.main_file or stamp is None) else (name, stamp)
+    if entry is None:
+        return None
+    at = (f, off)
+    n = nth[at] = nth.get(at, -1) + 1
+    return (entry, off, n, relroot, ctx.roots, args_key)
 
 
 def _relroot(cmd: CompileCommand, source_root) -> str:
@@ -149,6 +171,7 @@ def parse_tu(cmd: CompileCommand, roots=DEFAULT_ROOTS, source_root=None) -> TUFa
     """Parse one translation unit and walk it (no cache)."""
     import clang.cindex as ci
 
+    from scopecheck.source import clangext as cx
     from scopecheck.source import walker as w
     from scopecheck.source.provenance import walker_class
 
@@ -172,36 +195,43 @@ def parse_tu(cmd: CompileCommand, roots=DEFAULT_ROOTS, source_root=None) -> TUFa
             out.diagnostics.append(f"{where}: {d.spelling}")
     out.includes = sorted({os.path.normpath(i.include.name) for i in tu.get_includes()})
     ctx = w.Context(tu, roots, rel)
-    K = ci.CursorKind
     seen = set()
     relroot = _relroot(cmd, source_root)
-    stamps: dict = {}
-    for c in tu.cursor.get_children():
-        if c.kind == K.FUNCTION_DECL and c.is_definition():
-            # A generic header function that never names a root (most of the ~5,000 static
-            # inlines every hyp TU includes) gives only its SourceFunction record, the same in
-            # every TU that includes the header: computed once per process.
-            hk = _header_key(c, ctx, relroot, stamps)
-            rec = _HEADER_FUNCTIONS.get(hk) if hk is not None else None
-            if rec is None and hk is not None and not ctx.worth_walking(c):
-                rec = _HEADER_FUNCTIONS[hk] = walker_class()(c, ctx).function()
-            if rec is not None:
-                if rec.key not in seen:
-                    seen.add(rec.key)
-                    out.functions.append(rec)
+    args_key = _args_key(args)
+    files: dict = {}
+    nth: dict = {}
+    for kind, c in cx.top_level(tu):
+        if kind == cx.FUNCTION_DEFINITION:
+            hk = _header_key(c, ctx, relroot, files, args_key, nth)
+            hit = _HEADER_FUNCTIONS.get(hk) if hk is not None else None
+            if hit is None:
+                wk = walker_class()(c, ctx)
+                if wk.key in seen:
+                    continue
+                if hk is not None and not ctx.worth_walking(c):
+                    # a generic header function that never names a root (most of the ~5,000
+                    # static inlines every hyp TU includes) gives only its SourceFunction record
+                    hit = (wk.function(), None)
+                else:
+                    wk.run()
+                    per = {"accesses": wk.accesses, "escalations": wk.escalations,
+                           "calls": wk.calls, "address_taken": wk.address_taken}
+                    if wk.unanalysed:
+                        per["unanalysed"] = wk.unanalysed
+                    per["provenance"] = [wk.prov]
+                    hit = (wk.function(), per)
+                if hk is not None:
+                    _HEADER_FUNCTIONS[hk] = hit
+            rec, per = hit
+            if rec.key in seen:
                 continue
-            wk = walker_class()(c, ctx)
-            if wk.key in seen:
-                continue
-            seen.add(wk.key)
-            wk.run()
-            out.functions.append(wk.function())
-            out.per_function[wk.key] = {"accesses": wk.accesses, "escalations": wk.escalations,
-                                        "calls": wk.calls, "address_taken": wk.address_taken}
-            if wk.unanalysed:
-                out.per_function[wk.key]["unanalysed"] = wk.unanalysed
-            out.per_function[wk.key]["provenance"] = [wk.prov]
-        elif c.kind == K.VAR_DECL and c.location.file is not None:
+            seen.add(rec.key)
+            out.functions.append(rec)
+            if hk is not None:
+                out.shared.add(rec.key)
+            if per is not None:
+                out.per_function[rec.key] = per
+        elif c.location.file is not None:  # a file-scope variable
             out.file_scope.extend(w.file_scope_address_taken(c, ctx))
     return out
 
@@ -308,21 +338,100 @@ def source_facts(commands: Iterable[CompileCommand], roots=DEFAULT_ROOTS, files=
     diagnostic. Functions defined in several translation units (static inlines in headers)
     are reported once.
     """
-    memo: dict = {}
-    cmds = [c for c in commands if not c.is_asm and c.file.endswith(".c") and _selected(c, files)]
-    whole = _whole_path(cmds, tuple(roots), source_root, memo) if cache and _cache.enabled() else None
-    if whole is not None:
-        hit = _cache.read(whole)
-        if isinstance(hit, SourceFacts):
-            STATS["cache_hits"] += len(cmds)
-            STATS["whole_program_hits"] += 1
-            return hit
-    facts = _merge(cmds, roots, source_root, cache, memo, progress)
-    if cache and _cache.enabled():
-        whole = _whole_path(cmds, tuple(roots), source_root, memo)  # every TU is cached by now
+    return start_source_facts(commands, roots, files, cache, progress, source_root).result()
+
+
+class PendingSourceFacts:
+    """:func:`source_facts` started: the translation units the cache lacks are parsed in worker
+    processes while the caller does other work (the scope proof reads the binary meanwhile);
+    :meth:`result` waits for them and merges. Workers are forked when it is made, from the
+    calling thread."""
+
+    def __init__(self, cmds, roots, source_root, cache: bool, progress):
+        self.cmds, self.roots, self.source_root, self.cache, self.progress = cmds, tuple(roots), source_root, cache, progress
+        self.memo: dict = {}
+        self._facts: SourceFacts | None = None
+        self._pool = None
+        self._futures: dict = {}
+        whole = _whole_path(cmds, self.roots, source_root, self.memo) if cache and _cache.enabled() else None
         if whole is not None:
-            _cache.write(whole, facts)
-    return facts
+            hit = _cache.read(whole)
+            if isinstance(hit, SourceFacts):
+                STATS["cache_hits"] += len(cmds)
+                STATS["whole_program_hits"] += 1
+                self._facts = hit
+                return
+        _HEADER_FUNCTIONS.clear()  # one run's memo (a library caller may run many: it must not grow)
+        _SENT.clear()
+        self._start_workers()
+
+    def _start_workers(self) -> None:
+        """Translation units missing from the cache go to one worker process per core (libclang
+        parses and walks are CPU-bound), biggest first so that no worker is left with a big
+        one at the end; the rest are read in :meth:`result`."""
+        cmds = self.cmds
+        if len(cmds) <= 2 or (os.cpu_count() or 1) <= 1:
+            return
+        todo = [c for c in cmds if not self.cache or not _cached_only(c, self.roots, self.source_root, self.memo)]
+        if len(todo) < 2:
+            return
+        import concurrent.futures as cf
+        import multiprocessing as mp
+
+        try:
+            self._pool = cf.ProcessPoolExecutor(max_workers=min(os.cpu_count() or 1, len(todo)),
+                                                mp_context=mp.get_context("fork"))
+            for c in sorted(todo, key=_weight, reverse=True):
+                self._futures[c.file, c.arguments] = self._pool.submit(
+                    _tu_job, (c, self.roots, self.source_root, self.cache))
+        except OSError:  # no worker processes here: everything is done in this one
+            self._stop()
+
+    def close(self) -> None:
+        """Stop the workers without waiting for a result (the caller gave up)."""
+        self._stop()
+
+    def _stop(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+        self._pool, self._futures = None, {}
+
+    def _facts_of(self):
+        """(command, TUFacts) in the commands' order."""
+        import concurrent.futures as cf
+
+        done: dict = {}
+        if self._futures:
+            try:
+                names = list(self._futures)
+                for name, tf in zip(names, _expand([self._futures[n].result() for n in names])):
+                    done[name] = tf
+                    STATS["parsed"] += 1  # parsed in a worker
+            except (OSError, cf.process.BrokenProcessPool):
+                done = {}  # a worker died: everything is done in this process
+            self._stop()
+        for c in self.cmds:
+            tf = done.get((c.file, c.arguments))
+            yield c, tf if tf is not None else cached_tu(c, self.roots, self.source_root, self.cache, self.memo)
+
+    def result(self) -> SourceFacts:
+        if self._facts is None:
+            try:
+                self._facts = _merge(self.cmds, self._facts_of(), self.progress)
+            finally:
+                self._stop()
+            if self.cache and _cache.enabled():
+                whole = _whole_path(self.cmds, self.roots, self.source_root, self.memo)  # every TU is cached now
+                if whole is not None:
+                    _cache.write(whole, self._facts)
+        return self._facts
+
+
+def start_source_facts(commands: Iterable[CompileCommand], roots=DEFAULT_ROOTS, files=None, cache: bool = True,
+                       progress: Callable[[str], None] | None = None, source_root=None) -> PendingSourceFacts:
+    """:func:`source_facts`, started in the background: call ``.result()`` for the facts."""
+    cmds = [c for c in commands if not c.is_asm and c.file.endswith(".c") and _selected(c, files)]
+    return PendingSourceFacts(cmds, roots, source_root, cache, progress)
 
 
 def _whole_path(cmds, roots, source_root, memo) -> Path | None:
@@ -340,13 +449,12 @@ def _whole_path(cmds, roots, source_root, memo) -> Path | None:
     return d / f"{h.hexdigest()}.whole.msgpack"
 
 
-def _merge(cmds, roots, source_root, cache: bool, memo: dict, progress) -> SourceFacts:
-    _HEADER_FUNCTIONS.clear()  # one run's memo (a library caller may run many: it must not grow)
+def _merge(cmds, facts_of, progress) -> SourceFacts:
     facts = SourceFacts()
     seen_fn: set = set()
     seen_at: set = set()
     prov_pairs: list = []  # (ProvSummary, that function's accesses) for the whole-program provenance
-    for i, (cmd, tf) in enumerate(_facts_of(cmds, tuple(roots), source_root, cache, memo), 1):
+    for i, (cmd, tf) in enumerate(facts_of, 1):
         if progress:
             progress(f"[{i}/{len(cmds)}] {cmd.file}")
         facts.files.append(cmd.file)
@@ -375,41 +483,50 @@ def _merge(cmds, roots, source_root, cache: bool, memo: dict, progress) -> Sourc
     return facts
 
 
+#: keys of the shared header functions this worker process has already sent to the parent
+_SENT: set = set()
+
+
 def _tu_job(args):
+    """A worker's TU: header functions it already sent travel as their keys only (a hyp TU
+    defines ~5,500 functions, ~600 distinct in all; pickling them all is a second per TU)."""
     cmd, roots, source_root, cache = args
-    return cached_tu(cmd, roots, source_root, cache, {}), None
+    tf = cached_tu(cmd, roots, source_root, cache, {})
+    functions, per_function = [], {}
+    for fn in tf.functions:
+        if fn.key in tf.shared:
+            if fn.key in _SENT:
+                functions.append(fn.key)
+                continue
+            _SENT.add(fn.key)
+        functions.append(fn)
+        if fn.key in tf.per_function:
+            per_function[fn.key] = tf.per_function[fn.key]
+    return functions, per_function, tf.file_scope, tf.diagnostics, tf.includes
 
 
-def _facts_of(cmds, roots, source_root, cache: bool, memo: dict):
-    """(command, TUFacts) in order; translation units missing from the cache are parsed on every
-    core (libclang walks are CPU-bound), the rest read here."""
-    todo = []
-    if len(cmds) > 2 and (os.cpu_count() or 1) > 1:
-        for c in cmds:
-            if not cache or not _cached_only(c, roots, source_root, memo):
-                todo.append(c)
-    if len(todo) < 2:
-        for c in cmds:
-            yield c, cached_tu(c, roots, source_root, cache, memo)
-        return
-    import concurrent.futures as cf
-    import multiprocessing as mp
-
-    done: dict = {}
-    try:
-        with cf.ProcessPoolExecutor(max_workers=min(os.cpu_count() or 1, len(todo)),
-                                    mp_context=mp.get_context("fork")) as ex:
-            # biggest first, so that no worker is left with a big one at the end
-            todo.sort(key=_weight, reverse=True)
-            jobs = [(c, roots, source_root, cache) for c in todo]
-            for c, (tf, st) in zip(todo, ex.map(_tu_job, jobs)):
-                done[c.file, c.arguments] = tf
-                STATS["parsed"] += 1  # parsed in a worker
-    except (OSError, cf.process.BrokenProcessPool):
-        done = {}  # no worker processes here: do it in this one
-    for c in cmds:
-        tf = done.get((c.file, c.arguments))
-        yield c, tf if tf is not None else cached_tu(c, roots, source_root, cache, memo)
+def _expand(sent: list) -> list[TUFacts]:
+    """The workers' TUs (:func:`_tu_job`) whole again: a key stands for the record its worker
+    sent with an earlier TU."""
+    full: dict = {}
+    for functions, per_function, *_ in sent:
+        for fn in functions:
+            if not isinstance(fn, tuple):
+                full.setdefault(fn.key, (fn, per_function.get(fn.key)))
+    out = []
+    for functions, per_function, file_scope, diagnostics, includes in sent:
+        tf = TUFacts()
+        tf.file_scope, tf.diagnostics, tf.includes = file_scope, diagnostics, includes
+        for fn in functions:
+            if isinstance(fn, tuple):
+                fn, per = full[fn]
+            else:
+                per = per_function.get(fn.key)
+            tf.functions.append(fn)
+            if per is not None:
+                tf.per_function[fn.key] = per
+        out.append(tf)
+    return out
 
 
 def _weight(cmd) -> int:

@@ -84,6 +84,26 @@ def file_location(c) -> tuple[int, int]:
     return line.value, col.value
 
 
+_LOC_OUT = None
+
+
+def file_offset(c) -> tuple[int | None, int]:
+    """(libclang's file handle as an int, offset) where the cursor's name is expanded: a cheap,
+    per-translation-unit key (:func:`file_name` turns the handle into the file's name)."""
+    global _LOC_OUT
+    if _LOC_OUT is None:
+        _LOC_OUT = (ci.c_object_p(), ctypes.c_uint(), ctypes.c_uint(), ctypes.c_uint())
+    f, line, col, off = _LOC_OUT
+    ci.conf.lib.clang_getInstantiationLocation(c.location, ctypes.byref(f), ctypes.byref(line),
+                                               ctypes.byref(col), ctypes.byref(off))
+    return ctypes.cast(f, ctypes.c_void_p).value, off.value
+
+
+def file_name(handle: int) -> str:
+    """The name of a file handle from :func:`file_offset`."""
+    return ci.File(ctypes.cast(ctypes.c_void_p(handle), ci.c_object_p)).name
+
+
 def strip(c):
     """Look through parentheses and implicit casts (libclang's UNEXPOSED_EXPR with one child)."""
     while c.kind in PASS_THROUGH:
@@ -111,6 +131,38 @@ def children(c) -> list:
         return 1  # CXChildVisit_Continue
 
     ci.conf.lib.clang_visitChildren(c, _VISIT(visitor), None)
+    return out
+
+
+FUNCTION_DEFINITION, VARIABLE = 1, 2
+
+
+def top_level(tu) -> list:
+    """(kind, cursor) of a translation unit's function definitions and variables, in order.
+
+    The top level of a kernel TU holds tens of thousands of declarations; kinds are compared as
+    libclang's integers, so only the few kept become Python cursors with a kind.
+    """
+    global _VISIT
+    if _VISIT is None:
+        _VISIT = ci.callbacks["cursor_visit"]
+    lib = ci.conf.lib
+    kind_of, is_definition = lib.clang_getCursorKind, lib.clang_isCursorDefinition
+    fn, var = K.FUNCTION_DECL.value, K.VAR_DECL.value
+    out = []
+
+    def visitor(child, _parent, _data):
+        k = kind_of(child)
+        if k == fn:
+            if is_definition(child):
+                child._tu = tu
+                out.append((FUNCTION_DEFINITION, child))
+        elif k == var:
+            child._tu = tu
+            out.append((VARIABLE, child))
+        return 1  # CXChildVisit_Continue
+
+    lib.clang_visitChildren(tu.cursor, _VISIT(visitor), None)
     return out
 
 
