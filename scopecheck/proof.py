@@ -201,6 +201,11 @@ def prove(target, source=None, query: str | Query = "rfc-hyp-scope", *, binary_o
         params = {norm_key(k, root_str): v for k, v in params.items()}
     mode = "source+binary" if src_facts is not None else "binary-only"
     limits = [] if src_facts is not None else list(BINARY_ONLY_LIMITS)
+    if src_facts is None and isinstance(b_stats, dict) and not b_stats.get("seeds") and not b_acc:
+        # nothing seen is not "no leaks": the machine code gave no root pointer to follow
+        raise InputError(f"{inp.elf}: cannot be judged binary-only: no hyp function's DWARF holds a pointer to "
+                         f"{', '.join(sorted(layouts))} (were the hyp's C units found? "
+                         f"{b_stats.get('functions', 0)} functions read); give the build directory for source facts")
 
     step("building the call graph")
     g = build_graph(facts, src_facts, root_str, entry_points or q.entry_points or None)

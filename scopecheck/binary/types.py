@@ -12,6 +12,7 @@ names in .debug_str_offsets, compressed sections) we walk unit top levels instea
 from __future__ import annotations
 
 import bisect
+import os
 import struct
 from typing import Iterable
 
@@ -200,16 +201,24 @@ class StructFinder:
         """Walk the units' top levels for the definition (a clang DWARF 5 kernel names its
         structs by string index, which no byte scan finds). Units of kvm code come first: they
         all define the vcpu structs, so a lookup usually ends within the first few units; the
-        walk stops there and a later lookup goes on from where it stopped."""
+        walk stops there and a later lookup goes on from where it stopped. What a walk found
+        (and the units' order) is remembered for the file, for the next reader of it in this
+        process (the proof reads layouts several times)."""
+        shared = _WALKS.setdefault(_file_id(self.elf.path), {"found": {}, "order": None})
+        found = shared["found"]
         if self._walked is None:
             self._walked = {}
-            self._walk = self._aggregates()
+            self._walk = self._aggregates(shared)
         if name in self._walked:
             return self._walked[name]
         try:
+            if name in found:
+                off = found[name]
+                return self._walked.setdefault(name, self._cu_for(off).get_DIE_from_refaddr(off))
             for n, die in self._walk:
                 if n not in self._walked:
                     self._walked[n] = die
+                    found.setdefault(n, die.offset)
                     if n == name:
                         return die
         except InputError:
@@ -218,21 +227,35 @@ class StructFinder:
             raise InputError(f"{self.elf.path}: unreadable DWARF ({one_line(e)})") from None
         return None
 
-    def _aggregates(self):
+    def _aggregates(self, shared: dict):
         """(name, DIE) of each struct or union defined at a unit's top level, kvm units first."""
-        units = list(self.dwarf.iter_CUs())
+        if shared["order"] is None:
+            def kvm_first(cu):
+                a = cu.get_top_DIE().attributes.get("DW_AT_name")
+                v = a.value if a is not None else b""
+                return 0 if isinstance(v, bytes) and b"/kvm/" in v else 1
 
-        def kvm_first(cu):
-            a = cu.get_top_DIE().attributes.get("DW_AT_name")
-            v = a.value if a is not None else b""
-            return 0 if isinstance(v, bytes) and b"/kvm/" in v else 1
-
-        for cu in sorted(units, key=kvm_first):  # stable: unit order within each group
+            # stable: unit order within each group
+            shared["order"] = [cu.cu_offset for cu in sorted(self.dwarf.iter_CUs(), key=kvm_first)]
+        for off in shared["order"]:
+            cu = self.dwarf.get_CU_at(off)
             for die in skim_children(cu.get_top_DIE(), _AGGREGATE_TAGS):
                 if "DW_AT_declaration" not in die.attributes and "DW_AT_byte_size" in die.attributes:
                     n = _name(die)
                     if n:
                         yield n, die
+
+
+#: file identity -> {"order": unit offsets, kvm units first, "found": struct name -> DIE offset}
+_WALKS: dict = {}
+
+
+def _file_id(path) -> tuple:
+    try:
+        st = os.stat(path)
+        return (os.path.realpath(path), st.st_size, st.st_mtime_ns)
+    except OSError:
+        return (str(path),)
 
 
 # ---------------------------------------------------------------- layouts
