@@ -102,7 +102,7 @@ _CU_REF_FORMS = frozenset(("DW_FORM_ref1", "DW_FORM_ref2", "DW_FORM_ref4", "DW_F
 _FIXED, _LEB, _STRING, _BLOCK, _INDIRECT, _SIBLING = range(6)
 
 
-def _uleb(data, pos: int) -> tuple[int, int]:
+def read_uleb(data, pos: int) -> tuple[int, int]:
     value = shift = 0
     while True:
         b = data[pos]
@@ -171,7 +171,7 @@ class _Skimmer:
 
     def _value(self, form: str, pos: int) -> tuple[int, int]:
         if form == "DW_FORM_ref_udata":
-            return _uleb(self.data, pos)
+            return read_uleb(self.data, pos)
         n = _FIXED_FORMS[form]
         return int.from_bytes(self.data[pos:pos + n], "little"), pos + n
 
@@ -179,7 +179,7 @@ class _Skimmer:
         """(tag or None for a null entry, has children, offset after its attributes, its sibling's
         offset or None) of the entry at section offset ``off``."""
         data, pos = self.data, off - self.base
-        code, pos = _uleb(data, pos)
+        code, pos = read_uleb(data, pos)
         if code == 0:
             return None, False, pos + self.base, None
         tag, has_children, steps = self.plan(code)
@@ -201,12 +201,12 @@ class _Skimmer:
                     length = int.from_bytes(data[pos:pos + n], "little")
                     pos += n
                 else:
-                    length, pos = _uleb(data, pos)
+                    length, pos = read_uleb(data, pos)
                 pos += length
             else:  # DW_FORM_indirect: the form is written in front of the value
                 from elftools.dwarf.enums import ENUM_DW_FORM
 
-                fcode, pos = _uleb(data, pos)
+                fcode, pos = read_uleb(data, pos)
                 form = next((k for k, v in ENUM_DW_FORM.items() if v == fcode), None)
                 if form is None or form == "DW_FORM_indirect":
                     raise ValueError(f"bad indirect form {fcode}")

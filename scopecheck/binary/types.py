@@ -16,13 +16,14 @@ import os
 import struct
 from typing import Iterable
 
-from scopecheck.binary.dwarf import children, cu_offsets, one_line, open_dwarf, skim_children, uses_windows
+from scopecheck.binary.dwarf import read_uleb, children, cu_offsets, one_line, open_dwarf, skim_children, uses_windows
 from scopecheck.binary.elf import ElfImage
 from scopecheck.errors import InputError
 from scopecheck.model import Member, StructLayout, StructStats
 
 _AGGREGATE = ("DW_TAG_structure_type", "DW_TAG_union_type")
 _AGGREGATE_TAGS = frozenset(_AGGREGATE)
+_AGGREGATE_CODES = (0x13, 0x17)  # DW_TAG_structure_type, DW_TAG_union_type
 _SKIP = ("DW_TAG_typedef", "DW_TAG_const_type", "DW_TAG_volatile_type",
          "DW_TAG_restrict_type", "DW_TAG_atomic_type", "DW_TAG_immutable_type")
 
@@ -65,6 +66,7 @@ class StructFinder:
         self._cu_offsets: list[int] | None = None
         self._walked: dict[str, object] | None = None
         self._gcc: bool | None = None
+        self._tags: dict[int, dict[int, int]] = {}
 
     # -- unit lookup --
     def _cu_for(self, offset: int):
@@ -76,7 +78,23 @@ class StructFinder:
         return self.dwarf.get_CU_at(self._cu_offsets[i])
 
     def find(self, name: str):
-        """The DIE defining ``struct name`` (or union), or None."""
+        """The DIE defining ``struct name`` (or union), or None.
+
+        What a lookup found (the DIE's offset, or that there is none) is remembered per file for
+        the process: the proof asks for the same structs in several places."""
+        shared = _WALKS.setdefault(_file_id(self.elf.path), {"found": {}, "order": None})
+        found = shared["found"]
+        if name in found:
+            off = found[name]
+            try:
+                return None if off is None else self._cu_for(off).get_DIE_from_refaddr(off)
+            except Exception as e:
+                raise InputError(f"{self.elf.path}: unreadable DWARF ({one_line(e)})") from None
+        die = self._find(name)
+        found[name] = None if die is None else die.offset
+        return die
+
+    def _find(self, name: str):
         if uses_windows(self.elf):
             die = self._find_by_string(name)
             if die is not None:
@@ -158,8 +176,7 @@ class StructFinder:
                 pos = m.find(needle, pos + 1, hi)
         return None
 
-    @staticmethod
-    def _aggregate_abbrev(cu, m, at: int) -> bool:
+    def _aggregate_abbrev(self, cu, m, at: int) -> bool:
         """True when the ULEB128 at file offset ``at`` is an abbreviation code of ``cu`` for a
         struct or union (so decoding a DIE there is worth it: a wrong start would decode
         garbage, possibly a block form millions of bytes long)."""
@@ -176,10 +193,34 @@ class StructFinder:
             return False
         if code == 0:
             return False
-        try:
-            return cu.get_abbrev_table().get_abbrev(code)["tag"] in _AGGREGATE
-        except KeyError:  # no such code in this unit's table (a table that does not decode fails the read)
-            return False
+        return self._abbrev_tags(cu["debug_abbrev_offset"]).get(code) in _AGGREGATE_CODES
+
+    def _abbrev_tags(self, table: int) -> dict[int, int]:
+        """Abbreviation code -> tag of the table at ``table`` in .debug_abbrev, read raw (pyelftools
+        decodes a whole table a byte at a time: milliseconds per unit asked about)."""
+        tags = self._tags.get(table)
+        if tags is None:
+            tags = self._tags[table] = {}
+            sec = self.elf.sections[".debug_abbrev"]
+            m, pos, end = self.elf.map, sec.offset + table, sec.offset + sec.size
+            try:
+                while pos < end:
+                    code, pos = read_uleb(m, pos)
+                    if code == 0:
+                        break
+                    tag, pos = read_uleb(m, pos)
+                    pos += 1  # DW_CHILDREN_yes/no
+                    while True:
+                        attr, pos = read_uleb(m, pos)
+                        form, pos = read_uleb(m, pos)
+                        if form == 0x21:  # DW_FORM_implicit_const: its value follows
+                            _value, pos = read_uleb(m, pos)
+                        if attr == 0 and form == 0:
+                            break
+                    tags.setdefault(code, tag)
+            except (IndexError, ValueError):
+                pass  # a table that does not decode: its codes are not aggregates (the real read fails later)
+        return tags
 
     def _gcc_only(self) -> bool:
         """True when the first and last units come from GCC or GNU as (a kernel is built by one compiler)."""
