@@ -67,3 +67,34 @@ def test_skim_matches_pyelftools_on_a_kernel():
 
     n = _compare(pkvm_tiny_61().vmlinux, lambda name: b"/kvm/hyp/nvhe/" in name, limit=4)
     assert n == 4
+
+
+def _tables_agree(path, limit=None) -> int:
+    """fast_abbreviations' tables equal pyelftools' own parse, declaration by declaration."""
+    from elftools.dwarf.abbrevtable import AbbrevTable
+
+    n = 0
+    with ElfImage(path) as elf:
+        dw = open_dwarf(elf)  # fast tables installed
+        for cu in dw.iter_CUs():
+            off = cu["debug_abbrev_offset"]
+            fast = dw.get_abbrev_table(off)
+            slow = AbbrevTable(structs=dw.structs, stream=dw.debug_abbrev_sec.stream, offset=off)
+            assert set(fast._abbrev_map) == set(slow._abbrev_map)
+            for code in slow._abbrev_map:
+                a, b = fast.get_abbrev(code), slow.get_abbrev(code)
+                assert (a["tag"], a.has_children()) == (b["tag"], b.has_children()), (path, off, code)
+                assert [(s.name, s.form, s.value) for s in a["attr_spec"]] == \
+                    [(s.name, s.form, getattr(s, "value", None)) for s in b["attr_spec"]], (path, off, code)
+            n += 1
+            if limit is not None and n >= limit:
+                break
+    return n
+
+
+def test_fast_abbreviation_tables_equal_pyelftools():
+    objs = sorted(BUILD.glob("*/*.o"))
+    assert sum(_tables_agree(o) for o in objs) >= len(objs)
+    from build_cache import pkvm_tiny_61
+
+    assert _tables_agree(pkvm_tiny_61().vmlinux, limit=300) == 300

@@ -261,6 +261,93 @@ def skim_children(die, tags: frozenset):
         pos = nxt
 
 
+# -- abbreviation tables read raw --
+
+def read_sleb(data, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        b = data[pos]
+        pos += 1
+        value |= (b & 0x7F) << shift
+        shift += 7
+        if not b & 0x80:
+            return (value - (1 << shift) if b & 0x40 else value), pos
+        if shift > 63:
+            raise ValueError("LEB128 longer than 64 bits")
+
+
+def fast_abbreviations(dwarf) -> None:
+    """Have ``dwarf`` read abbreviation tables with a raw decoder.
+
+    pyelftools decodes a table a byte at a time through construct; a clang kernel has one table
+    per unit and every unit touched pays for its whole table (milliseconds each). The tables made
+    here are pyelftools' own AbbrevTable/AbbrevDecl objects with the same contents (names from
+    its enums, unknown codes as integers, as its parser gives them). A table the raw decoder
+    cannot read is left to pyelftools, which reports it as it always did."""
+    from elftools.construct.lib.container import Container
+    from elftools.dwarf.abbrevtable import AbbrevDecl, AbbrevTable
+    from elftools.dwarf.enums import ENUM_DW_AT, ENUM_DW_FORM, ENUM_DW_TAG
+
+    sec = dwarf.debug_abbrev_sec
+    cache = getattr(dwarf, "_abbrevtable_cache", None)
+    if sec is None or not isinstance(cache, dict) or not hasattr(sec.stream, "getvalue"):
+        return
+    tags, attrs, forms = ({v: k for k, v in enum.items() if isinstance(v, int)}
+                          for enum in (ENUM_DW_TAG, ENUM_DW_AT, ENUM_DW_FORM))
+    implicit = ENUM_DW_FORM["DW_FORM_implicit_const"]
+    pyelftools_table = dwarf.get_abbrev_table
+    data: list = []
+
+    class LazyTable(AbbrevTable):
+        """Declarations kept as integers until asked for (a unit uses a few of its ~120)."""
+
+        def get_abbrev(self, code: int):
+            d = self._abbrev_map[code]
+            if type(d) is tuple:
+                tag, children, specs = d
+                d = self._abbrev_map[code] = AbbrevDecl(code, Container(
+                    tag=tags.get(tag, tag), children_flag="DW_CHILDREN_yes" if children else "DW_CHILDREN_no",
+                    attr_spec=[Container(name=attrs.get(a, a), form=forms.get(f, f), value=v) for a, f, v in specs]))
+            return d
+
+    def table(offset: int):
+        t = cache.get(offset)
+        if t is not None:
+            return t
+        if not data:
+            data.append(sec.stream.getvalue())
+        m, pos, decls = data[0], offset, {}
+        try:
+            while True:
+                code, pos = read_uleb(m, pos)
+                if code == 0:
+                    break
+                tag, pos = read_uleb(m, pos)
+                children = m[pos]
+                pos += 1
+                if children > 1:
+                    raise ValueError("bad DW_CHILDREN value")
+                specs = []
+                while True:
+                    attr, pos = read_uleb(m, pos)
+                    form, pos = read_uleb(m, pos)
+                    if attr == 0 and form == 0:
+                        break
+                    value = None
+                    if form == implicit:
+                        value, pos = read_sleb(m, pos)
+                    specs.append((attr, form, value))
+                decls[code] = (tag, children, specs)
+        except (IndexError, ValueError):
+            return pyelftools_table(offset)  # pyelftools decides (and raises) on what does not decode
+        t = LazyTable.__new__(LazyTable)
+        t.structs, t.stream, t.offset, t._abbrev_map = dwarf.structs, sec.stream, offset, decls
+        cache[offset] = t
+        return t
+
+    dwarf.get_abbrev_table = table
+
+
 def line_program(dwarf, cu):
     """``dwarf.line_program_for_CU(cu)``; a corrupt header's AttributeError or NotImplementedError
     (pyelftools resolving DWARF 5 entry formats) becomes a ValueError, a corrupt-input error."""
@@ -284,6 +371,7 @@ def open_dwarf(elf: ElfImage):
                          "use -gz=zlib or zstd, or objcopy --decompress-debug-sections")
     try:
         dwarf = _windowed_dwarf(elf) if uses_windows(elf) else _pyelftools_dwarf(elf)
+        fast_abbreviations(dwarf)
         _refuse_skeleton(elf, dwarf)
         return dwarf
     except InputError:
