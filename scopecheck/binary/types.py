@@ -90,9 +90,32 @@ class StructFinder:
                 return None if off is None else self._cu_for(off).get_DIE_from_refaddr(off)
             except Exception as e:
                 raise InputError(f"{self.elf.path}: unreadable DWARF ({one_line(e)})") from None
-        die = self._find(name)
+        die = self._find_near(name, found) or self._find(name)
         found[name] = None if die is None else die.offset
         return die
+
+    def _find_near(self, name: str, found: dict):
+        """The definition in the unit of a struct found before, if that unit has one: the vcpu
+        structs' unit defines ``struct kvm`` too, whose name a linker may have merged into the
+        tail of other strings (then every tail is a candidate, each a scan of .debug_info)."""
+        near = next((off for off in found.values() if off is not None), None)
+        if near is None:
+            return None
+        shared = _WALKS[_file_id(self.elf.path)]
+        try:
+            cu = self._cu_for(near)
+            aggs = shared.setdefault("units", {}).get(cu.cu_offset)
+            if aggs is None:
+                aggs = shared["units"][cu.cu_offset] = {}
+                for die in skim_children(cu.get_top_DIE(), _AGGREGATE_TAGS):
+                    if "DW_AT_declaration" not in die.attributes and "DW_AT_byte_size" in die.attributes:
+                        n = _name(die)
+                        if n:
+                            aggs.setdefault(n, die.offset)
+            off = aggs.get(name)
+            return None if off is None else cu.get_DIE_from_refaddr(off)
+        except Exception as e:
+            raise InputError(f"{self.elf.path}: unreadable DWARF ({one_line(e)})") from None
 
     def _find(self, name: str):
         if uses_windows(self.elf):
@@ -131,9 +154,11 @@ class StructFinder:
         if strsec is not None:
             lo, hi = strsec.offset, strsec.offset + strsec.size
             pos = m.find(target, lo, hi)
+            tails = []  # the name as the tail of a longer string (a linker may merge "kvm" into "is_kvm")
             while pos >= 0:
-                needles.append(struct.pack("<I", pos - lo))
+                (needles if pos == lo or m[pos - 1] == 0 else tails).append(struct.pack("<I", pos - lo))
                 pos = m.find(target, pos + 1, hi)
+            needles.extend(tails)  # whole strings first: "kvm" is the tail of hundreds of names
         if len(name) <= 4 or not self._gcc_only():
             # DW_FORM_string: the name inline in the DIE. GCC inlines only names that
             # are no longer than a .debug_str offset, so for it this scan is skipped.
