@@ -16,14 +16,13 @@ import os
 import struct
 from typing import Iterable
 
-from scopecheck.binary.dwarf import read_uleb, children, cu_offsets, one_line, open_dwarf, skim_children, uses_windows
+from scopecheck.binary.dwarf import children, cu_offsets, one_line, open_dwarf, skim_children, uses_windows
 from scopecheck.binary.elf import ElfImage
 from scopecheck.errors import InputError
 from scopecheck.model import Member, StructLayout, StructStats
 
 _AGGREGATE = ("DW_TAG_structure_type", "DW_TAG_union_type")
 _AGGREGATE_TAGS = frozenset(_AGGREGATE)
-_AGGREGATE_CODES = (0x13, 0x17)  # DW_TAG_structure_type, DW_TAG_union_type
 _SKIP = ("DW_TAG_typedef", "DW_TAG_const_type", "DW_TAG_volatile_type",
          "DW_TAG_restrict_type", "DW_TAG_atomic_type", "DW_TAG_immutable_type")
 
@@ -64,9 +63,8 @@ class StructFinder:
         self.elf = elf
         self.dwarf = open_dwarf(elf)
         self._cu_offsets: list[int] | None = None
-        self._walked: dict[str, object] | None = None
+        self._walk = None  # this reader's walk over the units (_find_by_walk), resumed by each lookup
         self._gcc: bool | None = None
-        self._tags: dict[int, dict[int, int]] = {}
 
     # -- unit lookup --
     def _cu_for(self, offset: int):
@@ -107,11 +105,8 @@ class StructFinder:
             aggs = shared.setdefault("units", {}).get(cu.cu_offset)
             if aggs is None:
                 aggs = shared["units"][cu.cu_offset] = {}
-                for die in skim_children(cu.get_top_DIE(), _AGGREGATE_TAGS):
-                    if "DW_AT_declaration" not in die.attributes and "DW_AT_byte_size" in die.attributes:
-                        n = _name(die)
-                        if n:
-                            aggs.setdefault(n, die.offset)
+                for n, die in _defined_aggregates(cu):
+                    aggs.setdefault(n, die.offset)
             off = aggs.get(name)
             return None if off is None else cu.get_DIE_from_refaddr(off)
         except Exception as e:
@@ -218,34 +213,10 @@ class StructFinder:
             return False
         if code == 0:
             return False
-        return self._abbrev_tags(cu["debug_abbrev_offset"]).get(code) in _AGGREGATE_CODES
-
-    def _abbrev_tags(self, table: int) -> dict[int, int]:
-        """Abbreviation code -> tag of the table at ``table`` in .debug_abbrev, read raw (pyelftools
-        decodes a whole table a byte at a time: milliseconds per unit asked about)."""
-        tags = self._tags.get(table)
-        if tags is None:
-            tags = self._tags[table] = {}
-            sec = self.elf.sections[".debug_abbrev"]
-            m, pos, end = self.elf.map, sec.offset + table, sec.offset + sec.size
-            try:
-                while pos < end:
-                    code, pos = read_uleb(m, pos)
-                    if code == 0:
-                        break
-                    tag, pos = read_uleb(m, pos)
-                    pos += 1  # DW_CHILDREN_yes/no
-                    while True:
-                        attr, pos = read_uleb(m, pos)
-                        form, pos = read_uleb(m, pos)
-                        if form == 0x21:  # DW_FORM_implicit_const: its value follows
-                            _value, pos = read_uleb(m, pos)
-                        if attr == 0 and form == 0:
-                            break
-                    tags.setdefault(code, tag)
-            except (IndexError, ValueError):
-                pass  # a table that does not decode: its codes are not aggregates (the real read fails later)
-        return tags
+        try:  # the unit's table is read raw (dwarf.fast_abbreviations): no pyelftools decode here
+            return cu.get_abbrev_table().get_abbrev(code)["tag"] in _AGGREGATE
+        except KeyError:  # no such code in this unit's table (a table that does not decode fails the read)
+            return False
 
     def _gcc_only(self) -> bool:
         """True when the first and last units come from GCC or GNU as (a kernel is built by one compiler)."""
@@ -272,21 +243,13 @@ class StructFinder:
         process (the proof reads layouts several times)."""
         shared = _WALKS.setdefault(_file_id(self.elf.path), {"found": {}, "order": None})
         found = shared["found"]
-        if self._walked is None:
-            self._walked = {}
+        if self._walk is None:
             self._walk = self._aggregates(shared)
-        if name in self._walked:
-            return self._walked[name]
         try:
-            if name in found:
-                off = found[name]
-                return self._walked.setdefault(name, self._cu_for(off).get_DIE_from_refaddr(off))
             for n, die in self._walk:
-                if n not in self._walked:
-                    self._walked[n] = die
-                    found.setdefault(n, die.offset)
-                    if n == name:
-                        return die
+                found.setdefault(n, die.offset)
+                if n == name:
+                    return die
         except InputError:
             raise
         except Exception as e:
@@ -304,12 +267,16 @@ class StructFinder:
             # stable: unit order within each group
             shared["order"] = [cu.cu_offset for cu in sorted(self.dwarf.iter_CUs(), key=kvm_first)]
         for off in shared["order"]:
-            cu = self.dwarf.get_CU_at(off)
-            for die in skim_children(cu.get_top_DIE(), _AGGREGATE_TAGS):
-                if "DW_AT_declaration" not in die.attributes and "DW_AT_byte_size" in die.attributes:
-                    n = _name(die)
-                    if n:
-                        yield n, die
+            yield from _defined_aggregates(self.dwarf.get_CU_at(off))
+
+
+def _defined_aggregates(cu):
+    """(name, DIE) of each named struct or union defined (not declared) at ``cu``'s top level."""
+    for die in skim_children(cu.get_top_DIE(), _AGGREGATE_TAGS):
+        if "DW_AT_declaration" not in die.attributes and "DW_AT_byte_size" in die.attributes:
+            n = _name(die)
+            if n:
+                yield n, die
 
 
 #: file identity -> {"order": unit offsets, kvm units first, "found": struct name -> DIE offset}

@@ -385,13 +385,10 @@ class PendingSourceFacts:
                 self._futures[c.file, c.arguments] = self._pool.submit(
                     _tu_job, (c, self.roots, self.source_root, self.cache))
         except OSError:  # no worker processes here: everything is done in this one
-            self._stop()
+            self.close()
 
     def close(self) -> None:
-        """Stop the workers without waiting for a result (the caller gave up)."""
-        self._stop()
-
-    def _stop(self) -> None:
+        """Stop the workers (after :meth:`result`, or without a result when the caller gave up)."""
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
         self._pool, self._futures = None, {}
@@ -409,7 +406,7 @@ class PendingSourceFacts:
                     STATS["parsed"] += 1  # parsed in a worker
             except (OSError, cf.process.BrokenProcessPool):
                 done = {}  # a worker died: everything is done in this process
-            self._stop()
+            self.close()
         for c in self.cmds:
             tf = done.get((c.file, c.arguments))
             yield c, tf if tf is not None else cached_tu(c, self.roots, self.source_root, self.cache, self.memo)
@@ -419,7 +416,7 @@ class PendingSourceFacts:
             try:
                 self._facts = _merge(self.cmds, self._facts_of(), self.progress)
             finally:
-                self._stop()
+                self.close()
             if self.cache and _cache.enabled():
                 whole = _whole_path(self.cmds, self.roots, self.source_root, self.memo)  # every TU is cached now
                 if whole is not None:
