@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from scopecheck.errors import InputError
@@ -409,6 +409,7 @@ def _finish_source(job: _SourceJob, inp: Inputs, use_cache: bool):
     if asm is not None:
         facts.accesses.extend(asm[0])
         facts.unanalysed.extend(asm[1])
+        facts.diagnostics.extend(asm[2])
     return facts, job.root
 
 
@@ -420,8 +421,8 @@ def _source_facts(inp: Inputs, use_cache: bool, progress):
         job.pending.close()
 
 
-def _asm_facts(hyp, c_cmds, s_files, inp: Inputs, kernel: bool, root, use_cache: bool) -> tuple[list, list]:
-    """(accesses, unanalysed) of the hyp assembly, preprocessed with each file's own command
+def _asm_facts(hyp, c_cmds, s_files, inp: Inputs, kernel: bool, root, use_cache: bool) -> tuple[list, list, list]:
+    """(accesses, unanalysed, diagnostics) of the hyp assembly, preprocessed with each file's own command
     (source/asm_pp.py); the regex reading of the unpreprocessed file only where no command or
     no preprocessor run worked."""
     from scopecheck.source.asm_offsets import asm_accesses, parse_asm_offsets
@@ -434,13 +435,16 @@ def _asm_facts(hyp, c_cmds, s_files, inp: Inputs, kernel: bool, root, use_cache:
     c_cmd = next((c for c in c_cmds if c.file.endswith(("/switch.c", "/hyp-main.c"))), c_cmds[0] if c_cmds else None)
     res = asm_facts(s_cmds, inp.asm_offsets, c_cmd, roots=ROOTS, source_root=root, cache=use_cache)
     accesses = list(res.accesses)
-    unanalysed = [u for u in res.unanalysed if u.kind != "asm-file"]
+    # a file the preprocessor failed on is read by the regex fallback below, which misses offsets
+    # built by C macros: it stays listed as unanalysed, with why, and the failure is a diagnostic
+    unanalysed = [replace(u, detail=f"{u.detail}; read without the preprocessor (offsets built by C macros "
+                                    "are not seen)") if u.kind == "asm-file" else u for u in res.unanalysed]
     done = {c.file for c in s_cmds} - {os.path.normpath(os.path.join(str(root or ""), u.file or ""))
                                        for u in res.unanalysed if u.kind == "asm-file"}
     rest = [f for f in s_files if os.path.normpath(f) not in done]
     if rest:
         accesses.extend(asm_accesses(rest, parse_asm_offsets(inp.asm_offsets)))
-    return accesses, unanalysed
+    return accesses, unanalysed, list(res.diagnostics)
 
 
 def _is_nvhe(cmd) -> bool:

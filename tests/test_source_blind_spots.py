@@ -382,3 +382,27 @@ def test_asm_reader_survives_mangled_input():
         res = asm_pp.Result()
         asm_pp.analyse_file("".join(s), "", "t.S", {"X": ("kvm_vcpu", "a", 8)}, {}, {"sym": "kvm_vcpu"},
                             {"f": {"x0": "kvm_vcpu"}}, res, lambda x: x)
+
+
+def test_proof_without_the_compiler_says_so_and_keeps_nothing_of_it(tmp_path):
+    """No cross compiler on PATH: the hyp .S files cannot be preprocessed. The proof lists each as
+    unanalysed evidence with a diagnostic (it once fell back to the regex reading silently and lost
+    ~200 asm accesses), and the failed run is not cached for the next run, which has the compiler."""
+    import json
+    import sys
+
+    from build_cache import pkvm_tiny_61
+    from conftest import run_cli
+
+    out = pkvm_tiny_61().out
+    env = {"SCOPECHECK_CACHE": str(tmp_path / "cache"), "PATH": str(Path(sys.executable).parent)}
+    r = run_cli("callgraph", str(out), "--format", "json", "--quiet", env=env, timeout=900)
+    assert r.returncode in (0, 1), r.stderr
+    bare = json.loads(r.stdout)
+    assert bare["evidence"]["unanalysed_kinds"].get("asm-file", 0) >= 1
+    assert any("not found" in d for d in bare["diagnostics"]), bare["diagnostics"][:3]
+    env["PATH"] = os.environ["PATH"]
+    r = run_cli("callgraph", str(out), "--format", "json", "--quiet", env=env, timeout=900)
+    full = json.loads(r.stdout)
+    assert "asm-file" not in full["evidence"]["unanalysed_kinds"]
+    assert full["evidence"]["counts"]["source_only"] > bare["evidence"]["counts"]["source_only"]

@@ -1057,7 +1057,7 @@ def asm_facts(s_cmds: list[CompileCommand], asm_offsets, c_cmd: CompileCommand |
             except OSError:
                 raw = ""
             analyse_file(pp, raw, cmd.file, constants, layouts, symbols, protos, res, rel)
-    if cache:
+    if cache and not any(u.kind == "asm-file" for u in res.unanalysed):  # a failed cpp run (no compiler) is not kept
         files = sorted({f for v in deps.values() for f in v} | set(includes) | {c.file for c in s_cmds} |
                        ({c_cmd.file} if c_cmd else set()) | ({os.path.abspath(str(asm_offsets))} if asm_offsets
                                                              else set()))
