@@ -982,9 +982,13 @@ def c_context(cmd: CompileCommand | None, roots: Iterable[str]) -> tuple[dict, d
                 symbols[c.spelling] = names[0]
         elif c.kind == K.FUNCTION_DECL:
             # ~10,000 declarations per kernel TU: only those whose type names a root have their
-            # parameters looked at (the written and the canonical spelling: typedefs, tags)
-            if not any(r in c.type.spelling or r in c.type.get_canonical().spelling for r in roots):
-                continue
+            # parameters looked at (the written and the canonical spelling: typedefs, tags; each
+            # spelling is asked for once: libclang makes a new string per call)
+            written = c.type.spelling
+            if not any(r in written for r in roots):
+                canonical = c.type.get_canonical().spelling
+                if not any(r in canonical for r in roots):
+                    continue
             regs = {}
             for i, a in enumerate(c.get_arguments()):
                 r = root_of_ptr(a.type)

@@ -119,7 +119,7 @@ class TUFacts:
 
 # ---------------------------------------------------------------- parsing one TU
 
-#: (header file, its mtime and size, offset and name, report root, roots, the arguments' key) ->
+#: ((header file, its mtime and size, report root, roots, the arguments' key), offset, n-th there) ->
 #: (SourceFunction, its per-function records or None) of a function defined outside the main
 #: file. Every hyp translation unit includes the same kvm headers: of the ~4,500 function
 #: definitions 21 6.1 hyp TUs walk, 626 are distinct. A header function is walked once per
@@ -136,31 +136,39 @@ def _args_key(args: list[str]) -> str:
     return hashlib.sha256("\0".join(a for a in args if "KBUILD_" not in a).encode()).hexdigest()
 
 
-def _header_key(c, ctx, relroot: str, files: dict, args_key: str, nth: dict):
+def _header_key(f, off: int, ctx, relroot: str, files: dict, args_key: str, nth: dict):
     """The memo key of a function defined outside the main file, or None.
 
     A function is named by where its name is expanded and by how many definitions this TU had
     there before it (one macro expansion can define several functions): asking libclang for
-    each cursor's spelling costs more than the rest of the key."""
-    from scopecheck.source import clangext as cx
-
-    f, off = cx.file_offset(c)
-    if not f:
-        return None
-    entry = files.get(f)
-    if entry is None:
-        name = os.path.normpath(cx.file_name(f))
-        try:
-            o = os.stat(name)
-            stamp = (o.st_mtime_ns, o.st_size)
-        except OSError:
-            stamp = None
-        entry = files[f] = None if (name == ctx.main_file or stamp is None) else (name, stamp)
-    if entry is None:
+    each cursor's spelling costs more than the rest of the key. ``f``, ``off``: the file handle
+    and offset :func:`clangext.top_level` gives; ``files``: this TU's handle -> key prefix
+    (False for the main file and unreadable files)."""
+    prefix = files.get(f)
+    if prefix is None:
+        prefix = files[f] = _file_prefix(f, ctx, relroot, args_key)
+    if prefix is False:
         return None
     at = (f, off)
     n = nth[at] = nth.get(at, -1) + 1
-    return (entry, off, n, relroot, ctx.roots, args_key)
+    return (prefix, off, n)
+
+
+def _file_prefix(f, ctx, relroot: str, args_key: str):
+    """The part of a header function's memo key its file gives: (name, stamp), the report root,
+    the roots and the arguments' key; False for no file, the main file or an unreadable file."""
+    from scopecheck.source import clangext as cx
+
+    if not f:
+        return False
+    name = os.path.normpath(cx.file_name(f))
+    if name == ctx.main_file:
+        return False
+    try:
+        o = os.stat(name)
+    except OSError:
+        return False
+    return (name, (o.st_mtime_ns, o.st_size), relroot, ctx.roots, args_key)
 
 
 def _relroot(cmd: CompileCommand, source_root) -> str:
@@ -200,9 +208,9 @@ def parse_tu(cmd: CompileCommand, roots=DEFAULT_ROOTS, source_root=None) -> TUFa
     args_key = _args_key(args)
     files: dict = {}
     nth: dict = {}
-    for kind, c in cx.top_level(tu):
+    for kind, c, f, off in cx.top_level(tu):
         if kind == cx.FUNCTION_DEFINITION:
-            hk = _header_key(c, ctx, relroot, files, args_key, nth)
+            hk = _header_key(f, off, ctx, relroot, files, args_key, nth)
             hit = _HEADER_FUNCTIONS.get(hk) if hk is not None else None
             if hit is None:
                 wk = walker_class()(c, ctx)
@@ -223,14 +231,15 @@ def parse_tu(cmd: CompileCommand, roots=DEFAULT_ROOTS, source_root=None) -> TUFa
                 if hk is not None:
                     _HEADER_FUNCTIONS[hk] = hit
             rec, per = hit
-            if rec.key in seen:
+            key = rec.key
+            if key in seen:
                 continue
-            seen.add(rec.key)
+            seen.add(key)
             out.functions.append(rec)
             if hk is not None:
-                out.shared.add(rec.key)
+                out.shared.add(key)
             if per is not None:
-                out.per_function[rec.key] = per
+                out.per_function[key] = per
         elif c.location.file is not None:  # a file-scope variable
             out.file_scope.extend(w.file_scope_address_taken(c, ctx))
     return out

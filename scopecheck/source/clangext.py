@@ -36,10 +36,6 @@ def _lib():
     lib.clang_EvalResult_getAsLongLong.restype = ctypes.c_longlong
     lib.clang_EvalResult_dispose.argtypes = [ctypes.c_void_p]
     lib.clang_EvalResult_dispose.restype = None
-    lib.clang_getFileLocation.argtypes = [ci.SourceLocation, ctypes.POINTER(ci.c_object_p),
-                                          ctypes.POINTER(ctypes.c_uint), ctypes.POINTER(ctypes.c_uint),
-                                          ctypes.POINTER(ctypes.c_uint)]
-    lib.clang_getFileLocation.restype = None
     lib.clang_Cursor_isFunctionInlined.argtypes = [ci.Cursor]
     lib.clang_Cursor_isFunctionInlined.restype = ctypes.c_uint
     return lib
@@ -71,36 +67,30 @@ def eval_int(c) -> int | None:
         lib.clang_EvalResult_dispose(r)
 
 
-def file_location(c) -> tuple[int, int]:
-    """(line, col) where the cursor's token is spelled in the file, macro arguments included.
+def file_position(c) -> tuple[int | None, int]:
+    """(file handle as an int, byte offset) where the cursor's token is spelled in a file, macro
+    arguments included (:func:`file_name` names the handle).
 
     For a token from a macro *body* this is where the macro is expanded; for a macro
     *argument*, where the argument is written.
     """
-    f = ci.c_object_p()
-    line, col, off = ctypes.c_uint(), ctypes.c_uint(), ctypes.c_uint()
-    _lib().clang_getFileLocation(c.location, ctypes.byref(f), ctypes.byref(line), ctypes.byref(col),
-                                 ctypes.byref(off))
-    return line.value, col.value
+    f = ctypes.c_void_p()
+    off = ctypes.c_uint()
+    _file_location()(c.location, ctypes.byref(f), None, None, ctypes.byref(off))
+    return f.value, off.value
 
 
-_LOC_OUT = None
-
-
-def file_offset(c) -> tuple[int | None, int]:
-    """(libclang's file handle as an int, offset) where the cursor's name is expanded: a cheap,
-    per-translation-unit key (:func:`file_name` turns the handle into the file's name)."""
-    global _LOC_OUT
-    if _LOC_OUT is None:
-        _LOC_OUT = (ci.c_object_p(), ctypes.c_uint(), ctypes.c_uint(), ctypes.c_uint())
-    f, line, col, off = _LOC_OUT
-    ci.conf.lib.clang_getInstantiationLocation(c.location, ctypes.byref(f), ctypes.byref(line),
-                                               ctypes.byref(col), ctypes.byref(off))
-    return ctypes.cast(f, ctypes.c_void_p).value, off.value
+@functools.cache
+def _file_location():
+    f = ci.conf.lib.clang_getFileLocation
+    f.argtypes = [ci.SourceLocation, ctypes.POINTER(ctypes.c_void_p), ctypes.c_void_p, ctypes.c_void_p,
+                  ctypes.POINTER(ctypes.c_uint)]
+    f.restype = None
+    return f
 
 
 def file_name(handle: int) -> str:
-    """The name of a file handle from :func:`file_offset`."""
+    """The name of a file handle from :func:`top_level`."""
     return ci.File(ctypes.cast(ctypes.c_void_p(handle), ci.c_object_p)).name
 
 
@@ -137,18 +127,35 @@ def children(c) -> list:
 FUNCTION_DEFINITION, VARIABLE = 1, 2
 
 
+@functools.cache
+def _expansion_location():
+    """clang_getExpansionLocation with the file as a plain pointer and line/column not asked for."""
+    f = ci.conf.lib.clang_getExpansionLocation
+    f.argtypes = [ci.SourceLocation, ctypes.POINTER(ctypes.c_void_p), ctypes.c_void_p, ctypes.c_void_p,
+                  ctypes.POINTER(ctypes.c_uint)]
+    f.restype = None
+    return f
+
+
 def top_level(tu) -> list:
-    """(kind, cursor) of a translation unit's function definitions and variables, in order.
+    """(kind, cursor, file handle, offset) of a translation unit's function definitions and
+    variables, in order. For a function, the handle (an int, :func:`file_name` names it) and
+    offset are where its name is expanded: a cheap per-translation-unit key; a variable has
+    (None, 0).
 
     The top level of a kernel TU holds tens of thousands of declarations; kinds are compared as
-    libclang's integers, so only the few kept become Python cursors with a kind.
+    libclang's integers and locations read into reused buffers, so only the few kept become
+    Python cursors with a kind.
     """
     global _VISIT
     if _VISIT is None:
         _VISIT = ci.callbacks["cursor_visit"]
     lib = ci.conf.lib
-    kind_of, is_definition = lib.clang_getCursorKind, lib.clang_isCursorDefinition
+    kind_of, is_definition, location_of = lib.clang_getCursorKind, lib.clang_isCursorDefinition, lib.clang_getCursorLocation
+    expansion = _expansion_location()
     fn, var = K.FUNCTION_DECL.value, K.VAR_DECL.value
+    handle, offset = ctypes.c_void_p(), ctypes.c_uint()
+    p_handle, p_offset = ctypes.byref(handle), ctypes.byref(offset)
     out = []
 
     def visitor(child, _parent, _data):
@@ -156,10 +163,11 @@ def top_level(tu) -> list:
         if k == fn:
             if is_definition(child):
                 child._tu = tu
-                out.append((FUNCTION_DEFINITION, child))
+                expansion(location_of(child), p_handle, None, None, p_offset)
+                out.append((FUNCTION_DEFINITION, child, handle.value, offset.value))
         elif k == var:
             child._tu = tu
-            out.append((VARIABLE, child))
+            out.append((VARIABLE, child, None, 0))
         return 1  # CXChildVisit_Continue
 
     lib.clang_visitChildren(tu.cursor, _VISIT(visitor), None)

@@ -24,6 +24,7 @@ Imported lazily (imports clang).
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 
 import clang.cindex as ci
@@ -34,6 +35,17 @@ from scopecheck.source import raw_access as ra
 
 K = ci.CursorKind
 STMT_EXPR = ci.CursorKind.from_id(121)  # "StmtExpr" in the bindings' own spelling
+_IDENTIFIER = re.compile(rb"[A-Za-z_][A-Za-z0-9_]*")
+_IDENTIFIER_CHARS = frozenset(bytes([b]) for b in b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_")
+#: words libclang's lexer gives as keywords in the kernel's GNU C (a macro is never one of them)
+_KEYWORDS = frozenset("""auto break case char const continue default do double else enum extern float for goto if
+inline int long register restrict return short signed sizeof static struct switch typedef union unsigned void
+volatile while _Alignas _Alignof _Atomic _Bool _Complex _Generic _Imaginary _Noreturn _Static_assert
+_Thread_local typeof __typeof __typeof__ __alignof __alignof__ __asm __asm__ asm __attribute __attribute__
+__extension__ __inline __inline__ __label__ __real __real__ __imag __imag__ __restrict __restrict__ __signed
+__signed__ __volatile __volatile__ __const __const__ __auto_type __builtin_offsetof __builtin_va_arg
+__builtin_types_compatible_p __builtin_choose_expr __func__ __FUNCTION__ __PRETTY_FUNCTION__ __thread
+_Float16 __int128 __bf16 __fp16""".split())
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +80,7 @@ class Context:
         self.types: dict[str, object] = {}  # struct name -> its (canonical) libclang type
         self._layouts: dict[str, object] = {}
         self._text: dict[str, bytes] = {}
+        self._file_names: dict[int, str] = {}
         self._needles = [n.encode() for n in self.roots] + [b"container_of"]
         self.main_file = os.path.normpath(tu.spelling) if tu is not None else None
 
@@ -86,6 +99,11 @@ class Context:
         name = os.path.normpath(f.name)
         if name == self.main_file or "kvm" in name:
             return True
+        body = self.text(name)[ext.start.offset:ext.end.offset]
+        return not body or any(n in body for n in self._needles)
+
+    def text(self, name: str) -> bytes:
+        """A source file's bytes (read once per translation unit; b"" when unreadable)."""
         text = self._text.get(name)
         if text is None:
             try:
@@ -94,8 +112,14 @@ class Context:
             except OSError:
                 text = b""
             self._text[name] = text
-        body = text[ext.start.offset:ext.end.offset]
-        return not body or any(n in body for n in self._needles)
+        return text
+
+    def file_name(self, handle: int) -> str:
+        """The normalised name of a libclang file handle (:func:`clangext.file_position`)."""
+        name = self._file_names.get(handle)
+        if name is None:
+            name = self._file_names[handle] = os.path.normpath(cx.file_name(handle))
+        return name
 
     def names(self, t) -> list[str]:
         return cx.record_names(t)
@@ -187,7 +211,7 @@ class FunctionWalker:
         self._body = None
         self.values: dict[int, Ref | None] = {}
         self.callee_refs: set[int] = set()
-        self._tokens: dict | None = None
+        self._span: tuple | None = None  # (file, start, end offset) of the function: macro_at
         self.accesses: list[FieldAccess] = []
         self.escalations: list[Escalation] = []
         self.calls: list[SourceCall] = []
@@ -541,27 +565,29 @@ class FunctionWalker:
         return Ref(b.root, b.path, obj, b.delta + n * esz, b.var, True)
 
     # ------------------------------------------------------------ locations, macros
-    def tokens(self) -> dict:
-        if self._tokens is None:
-            self._tokens = {}
-            tu, ext = self.ctx.tu, self.fn.extent
-            f = ext.start.file
-            # rebuild the range from file positions: a range starting in a macro (noinline ...)
-            # tokenizes to nothing
-            rng = ci.SourceRange.from_locations(
-                ci.SourceLocation.from_position(tu, f, ext.start.line, ext.start.column),
-                ci.SourceLocation.from_position(tu, f, ext.end.line, ext.end.column))
-            for t in tu.get_tokens(extent=rng):
-                loc = t.location
-                self._tokens[(loc.line, loc.column)] = (t.kind, t.spelling)
-        return self._tokens
-
     def macro_at(self, c, own: str | None) -> str | None:
-        """The macro whose body produced cursor ``c``'s token, if any."""
-        tok = self.tokens().get(cx.file_location(c))
-        if tok is None or tok[0] != ci.TokenKind.IDENTIFIER or tok[1] == own:
+        """The macro whose body produced cursor ``c``'s token, if any: the identifier written
+        where the token is spelled in the function's own file (where the macro is expanded),
+        unless it is ``own`` (the member's own name) or a keyword.
+
+        Read from the file's text: libclang's tokens of a function cost milliseconds each
+        (finding a file's start in the source manager is a scan), the text a lookup."""
+        if self._span is None:
+            ext = self.fn.extent
+            f = ext.start.file
+            self._span = (os.path.normpath(f.name), ext.start.offset, ext.end.offset) if f is not None else ()
+        if not self._span:
             return None
-        return tok[1]
+        handle, off = cx.file_position(c)
+        name, start, end = self._span
+        if handle is None or not start <= off < end or self.ctx.file_name(handle) != name:
+            return None
+        text = self.ctx.text(name)
+        m = _IDENTIFIER.match(text, off)
+        if m is None or (off and text[off - 1:off] in _IDENTIFIER_CHARS):
+            return None
+        word = m.group().decode()
+        return None if word == own or word in _KEYWORDS else word
 
     def via_of(self, node) -> str | None:
         """First macro (outermost first) that produced part of an access chain."""
