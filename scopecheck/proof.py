@@ -395,8 +395,21 @@ def _start_source(inp: Inputs, use_cache: bool, progress=None) -> _SourceJob:
         # the kernel's database lists no .S: take the hyp assembly of the nvhe objects
         hyp_dir = Path(root) / "arch/arm64/kvm/hyp"
         s_files = sorted(str(p) for p in [*hyp_dir.glob("nvhe/*.S"), *hyp_dir.glob("*.S")])
-    pending = start_source_facts(c_cmds, roots=ROOTS + BOUNDARY_ROOTS, cache=use_cache, progress=progress)
+    also = None
+    c_cmd = _context_cmd(c_cmds)
+    if inp.asm_offsets is not None and s_files and c_cmd is not None:
+        # the assembly's C context (layouts, prototypes) from the worker that parses c_cmd anyway
+        from scopecheck.source.asm_pp import c_context_of, context_roots
+
+        also = (c_cmd.file, c_context_of, (sorted(context_roots(inp.asm_offsets, ROOTS)),))
+    pending = start_source_facts(c_cmds, roots=ROOTS + BOUNDARY_ROOTS, cache=use_cache, progress=progress,
+                                 also=also)
     return _SourceJob(pending, hyp, c_cmds, s_files, kernel, root)
+
+
+def _context_cmd(c_cmds):
+    """The hyp C translation unit the assembly's C context is read from."""
+    return next((c for c in c_cmds if c.file.endswith(("/switch.c", "/hyp-main.c"))), c_cmds[0] if c_cmds else None)
 
 
 def _finish_source(job: _SourceJob, inp: Inputs, use_cache: bool):
@@ -404,7 +417,8 @@ def _finish_source(job: _SourceJob, inp: Inputs, use_cache: bool):
     facts are merged."""
     asm = None
     if inp.asm_offsets is not None and job.s_files:
-        asm = _asm_facts(job.hyp, job.c_cmds, job.s_files, inp, job.kernel, job.root, use_cache)
+        asm = _asm_facts(job.hyp, job.c_cmds, job.s_files, inp, job.kernel, job.root, use_cache,
+                         context=job.pending.also)
     facts = job.pending.result()
     if asm is not None:
         facts.accesses.extend(asm[0])
@@ -421,10 +435,12 @@ def _source_facts(inp: Inputs, use_cache: bool, progress):
         job.pending.close()
 
 
-def _asm_facts(hyp, c_cmds, s_files, inp: Inputs, kernel: bool, root, use_cache: bool) -> tuple[list, list, list]:
+def _asm_facts(hyp, c_cmds, s_files, inp: Inputs, kernel: bool, root, use_cache: bool,
+               context=None) -> tuple[list, list, list]:
     """(accesses, unanalysed, diagnostics) of the hyp assembly, preprocessed with each file's own command
     (source/asm_pp.py); the regex reading of the unpreprocessed file only where no command or
-    no preprocessor run worked."""
+    no preprocessor run worked. ``context``: gives the C context read by a C worker, or None
+    (:func:`asm_pp.asm_facts`)."""
     from scopecheck.source.asm_offsets import asm_accesses, parse_asm_offsets
     from scopecheck.source.asm_pp import asm_facts, kbuild_asm_commands
 
@@ -432,8 +448,8 @@ def _asm_facts(hyp, c_cmds, s_files, inp: Inputs, kernel: bool, root, use_cache:
     if not s_cmds and kernel and c_cmds:  # 6.1's database lists no .S: kbuild's .cmd files have them
         s_cmds = [c for c in kbuild_asm_commands(c_cmds[0].directory, pattern=".*.nvhe.o.cmd")
                   if c.file in set(s_files)]
-    c_cmd = next((c for c in c_cmds if c.file.endswith(("/switch.c", "/hyp-main.c"))), c_cmds[0] if c_cmds else None)
-    res = asm_facts(s_cmds, inp.asm_offsets, c_cmd, roots=ROOTS, source_root=root, cache=use_cache)
+    res = asm_facts(s_cmds, inp.asm_offsets, _context_cmd(c_cmds), roots=ROOTS, source_root=root, cache=use_cache,
+                    context=context)
     accesses = list(res.accesses)
     # a file the preprocessor failed on is read by the regex fallback below, which misses offsets
     # built by C macros: it stays listed as unanalysed, with why, and the failure is a diagnostic

@@ -35,7 +35,7 @@ import subprocess
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 from scopecheck.model_code import FieldAccess, Unanalysed
 from scopecheck.source.compdb import CompileCommand
@@ -944,20 +944,30 @@ def c_context(cmd: CompileCommand | None, roots: Iterable[str]) -> tuple[dict, d
     Layouts of the root structs (libclang's type layout, as the C code sees them), globals
     whose type is a root (``kvm_host_data``, per-CPU ``kvm_hyp_ctxt``) and functions
     declared with root-pointer parameters (``__guest_enter(struct kvm_vcpu *)`` -> x0).
+    Parses ``cmd`` with function bodies skipped; :func:`c_context_of` reads a translation unit
+    the C door has parsed already.
     """
     if cmd is None:
         return {}, {}, {}, []
     import clang.cindex as ci
 
-    from scopecheck.source import clangext as cx
-    from scopecheck.source.clang_layout import layout_of
     from scopecheck.source.compdb import clang_args
 
-    roots = set(roots)
     try:
         tu = ci.Index.create().parse(cmd.file, args=clang_args(cmd), options=0x40)  # skip function bodies
     except ci.TranslationUnitLoadError:
         return {}, {}, {}, []
+    return c_context_of(tu, roots)
+
+
+def c_context_of(tu, roots: Iterable[str]) -> tuple[dict, dict, dict, list[str]]:
+    """:func:`c_context` of a parsed translation unit."""
+    import clang.cindex as ci
+
+    from scopecheck.source import clangext as cx
+    from scopecheck.source.clang_layout import layout_of
+
+    roots = set(roots)
     layouts: dict = {}
     symbols: dict = {}
     protos: dict = {}
@@ -970,25 +980,23 @@ def c_context(cmd: CompileCommand | None, roots: Iterable[str]) -> tuple[dict, d
         names = [n for n in cx.record_names(p) if n in roots]
         return names[0] if names else None
 
-    for c in tu.cursor.get_children():
-        if c.kind in (K.STRUCT_DECL, K.UNION_DECL) and c.is_definition() and c.spelling in roots:
-            if c.spelling not in layouts:
+    named_root = re.compile("|".join(re.escape(r) for r in sorted(roots, key=len, reverse=True)))
+    struct_ids = {K.STRUCT_DECL.value, K.UNION_DECL.value}
+    for k, c in cx.top_level_of(tu, (K.STRUCT_DECL, K.UNION_DECL, K.VAR_DECL, K.FUNCTION_DECL)):
+        if k in struct_ids:
+            if c.spelling in roots and c.spelling not in layouts and c.is_definition():
                 lay = layout_of(c.type, c.spelling)
                 if lay is not None:
                     layouts[c.spelling] = lay
-        elif c.kind == K.VAR_DECL:
+        elif k == K.VAR_DECL.value:
             names = [n for n in cx.record_names(c.type) if n in roots]
             if names:
                 symbols[c.spelling] = names[0]
-        elif c.kind == K.FUNCTION_DECL:
+        else:
             # ~10,000 declarations per kernel TU: only those whose type names a root have their
-            # parameters looked at (the written and the canonical spelling: typedefs, tags; each
-            # spelling is asked for once: libclang makes a new string per call)
-            written = c.type.spelling
-            if not any(r in written for r in roots):
-                canonical = c.type.get_canonical().spelling
-                if not any(r in canonical for r in roots):
-                    continue
+            # parameters looked at (the written and the canonical spelling: typedefs, tags)
+            if not named_root.search(c.type.spelling) and not named_root.search(c.type.get_canonical().spelling):
+                continue
             regs = {}
             for i, a in enumerate(c.get_arguments()):
                 r = root_of_ptr(a.type)
@@ -1002,21 +1010,32 @@ def c_context(cmd: CompileCommand | None, roots: Iterable[str]) -> tuple[dict, d
 
 # ---------------------------------------------------------------- the entry point
 
+def context_roots(asm_offsets, roots: Iterable[str] = ()) -> set[str]:
+    """The root structs :func:`asm_facts` reads the C context for: ``roots`` and those the
+    asm-offsets constants name."""
+    from scopecheck.source.asm_offsets import parse_asm_offsets
+
+    constants = parse_asm_offsets(asm_offsets) if asm_offsets else {}
+    return set(roots) | {r for r, _, _ in constants.values()}
+
+
 def asm_facts(s_cmds: list[CompileCommand], asm_offsets, c_cmd: CompileCommand | None = None,
               roots: Iterable[str] = (), source_root=None, cache: bool = True,
-              timeout: float = CPP_TIMEOUT) -> Result:
+              timeout: float = CPP_TIMEOUT, context: Callable[[], tuple | None] | None = None) -> Result:
     """Field accesses (origin ``asm``) and Unanalysed records of hyp ``.S`` files, preprocessed.
 
     ``s_cmds``: the compile commands of the ``.S`` files; ``asm_offsets``: the generated
     asm-offsets header (its ``offsetof`` comments name each constant's struct); ``c_cmd``:
     one hyp C translation unit for layouts, root-typed globals and prototypes; ``roots``:
-    root struct names (default: those of the constants).
+    root struct names (default: those of the constants). ``context``: asked (on a cache miss)
+    for ``c_cmd``'s :func:`c_context` computed elsewhere (the C door's worker that parsed it);
+    when it gives None, ``c_cmd`` is parsed here.
     """
     from scopecheck.source.asm_offsets import parse_asm_offsets
 
     res = Result()
     constants = parse_asm_offsets(asm_offsets) if asm_offsets else {}
-    roots = set(roots) | {r for r, _, _ in constants.values()}
+    roots = context_roots(asm_offsets, roots)
     root_dir = os.path.normpath(os.path.abspath(str(source_root))) if source_root else None
 
     def rel(name: str) -> str:
@@ -1030,7 +1049,8 @@ def asm_facts(s_cmds: list[CompileCommand], asm_offsets, c_cmd: CompileCommand |
         hit = _cache_read(ident)
         if hit is not None:
             return hit
-    layouts, symbols, protos, includes = c_context(c_cmd, roots)
+    got = context() if context is not None else None
+    layouts, symbols, protos, includes = got if got is not None else c_context(c_cmd, roots)
     shadow_text = shadow_header(Path(asm_offsets).read_text(errors="replace")) if asm_offsets else None
     deps: dict[str, list[str]] = {}
     with tempfile.TemporaryDirectory(prefix="scopecheck-cpp-") as tmp:

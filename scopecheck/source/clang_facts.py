@@ -76,6 +76,9 @@ class TUFacts:
         #: keys of the header functions among ``functions`` (shared with other TUs through
         #: ``_HEADER_FUNCTIONS``; not cached)
         self.shared: set = set()
+        #: what a caller's hook read from the parsed translation unit (:func:`parse_tu`'s
+        #: ``also``; None when the TU came from the cache; not cached)
+        self.also = None
 
     def to_json(self) -> dict:
         return {"functions": [_dump(f) for f in self.functions],
@@ -128,6 +131,8 @@ class TUFacts:
 #: kept). Cleared per :func:`source_facts` call, so worker processes forked for it start from
 #: that call's state.
 _HEADER_FUNCTIONS: dict = {}
+#: the same for file-scope variables defined outside the main file: key -> their AddressTaken records
+_HEADER_VARIABLES: dict = {}
 
 
 def _args_key(args: list[str]) -> str:
@@ -164,19 +169,31 @@ def _file_prefix(f, ctx, relroot: str, args_key: str):
     name = os.path.normpath(cx.file_name(f))
     if name == ctx.main_file:
         return False
-    try:
-        o = os.stat(name)
-    except OSError:
-        return False
-    return (name, (o.st_mtime_ns, o.st_size), relroot, ctx.roots, args_key)
+    k = (name, relroot, ctx.roots, args_key)
+    prefix = _PREFIXES.get(k)
+    if prefix is None:
+        try:
+            o = os.stat(name)
+            prefix = (name, (o.st_mtime_ns, o.st_size), relroot, ctx.roots, args_key)
+        except OSError:
+            prefix = False
+        _PREFIXES[k] = prefix
+    return prefix
+
+
+#: (header file, report root, roots, arguments' key) -> its key prefix: a file is stat()ed once
+#: per run (cleared with the memos)
+_PREFIXES: dict = {}
 
 
 def _relroot(cmd: CompileCommand, source_root) -> str:
     return os.path.normpath(str(source_root)) if source_root else cmd.directory
 
 
-def parse_tu(cmd: CompileCommand, roots=DEFAULT_ROOTS, source_root=None) -> TUFacts:
-    """Parse one translation unit and walk it (no cache)."""
+def parse_tu(cmd: CompileCommand, roots=DEFAULT_ROOTS, source_root=None, also=None) -> TUFacts:
+    """Parse one translation unit and walk it (no cache). ``also``: None, or ``(function,
+    arguments)``: ``function(tu, *arguments)`` is kept as the result's ``also`` (a module-level
+    function, so that it reaches worker processes)."""
     import clang.cindex as ci
 
     from scopecheck.source import clangext as cx
@@ -202,25 +219,28 @@ def parse_tu(cmd: CompileCommand, roots=DEFAULT_ROOTS, source_root=None) -> TUFa
             where = f"{rel(loc.file.name)}:{loc.line}" if loc.file else rel(cmd.file)
             out.diagnostics.append(f"{where}: {d.spelling}")
     out.includes = sorted({os.path.normpath(i.include.name) for i in tu.get_includes()})
+    if also is not None:
+        out.also = also[0](tu, *also[1])
     ctx = w.Context(tu, roots, rel)
     seen = set()
     relroot = _relroot(cmd, source_root)
     args_key = _args_key(args)
     files: dict = {}
     nth: dict = {}
+    var_nth: dict = {}
     for kind, c, f, off in cx.top_level(tu):
         if kind == cx.FUNCTION_DEFINITION:
             hk = _header_key(f, off, ctx, relroot, files, args_key, nth)
             hit = _HEADER_FUNCTIONS.get(hk) if hk is not None else None
             if hit is None:
-                wk = walker_class()(c, ctx)
-                if wk.key in seen:
-                    continue
                 if hk is not None and not ctx.worth_walking(c):
                     # a generic header function that never names a root (most of the ~5,000
                     # static inlines every hyp TU includes) gives only its SourceFunction record
-                    hit = (wk.function(), None)
+                    hit = (w.function_record(c, ctx), None)
                 else:
+                    wk = walker_class()(c, ctx)
+                    if wk.key in seen:
+                        continue
                     wk.run()
                     per = {"accesses": wk.accesses, "escalations": wk.escalations,
                            "calls": wk.calls, "address_taken": wk.address_taken}
@@ -240,8 +260,14 @@ def parse_tu(cmd: CompileCommand, roots=DEFAULT_ROOTS, source_root=None) -> TUFa
                 out.shared.add(key)
             if per is not None:
                 out.per_function[key] = per
-        elif c.location.file is not None:  # a file-scope variable
-            out.file_scope.extend(w.file_scope_address_taken(c, ctx))
+        elif f:  # a file-scope variable: a header's are read once per process, like its functions
+            hk = _header_key(f, off, ctx, relroot, files, args_key, var_nth)
+            hit = _HEADER_VARIABLES.get(hk) if hk is not None else None
+            if hit is None:
+                hit = w.file_scope_address_taken(c, ctx)
+                if hk is not None:
+                    _HEADER_VARIABLES[hk] = hit
+            out.file_scope.extend(hit)
     return out
 
 
@@ -304,16 +330,16 @@ def _last_key(cmd: CompileCommand, roots, source_root, memo: dict) -> tuple[Path
     return d, index_p, _tu_key(args + sorted(roots), cmd.file, idx["includes"], memo)
 
 
-def cached_tu(cmd: CompileCommand, roots, source_root, cache: bool, memo: dict) -> TUFacts:
+def cached_tu(cmd: CompileCommand, roots, source_root, cache: bool, memo: dict, also=None) -> TUFacts:
     if not cache or not _cache.enabled():
-        return parse_tu(cmd, roots, source_root)
+        return parse_tu(cmd, roots, source_root, also)
     d, index_p, key = _last_key(cmd, roots, source_root, memo)
     if key is not None:
         facts = _read_facts(d / f"{key}.facts.msgpack")
         if isinstance(facts, TUFacts):
             STATS["cache_hits"] += 1
             return facts
-    facts = parse_tu(cmd, roots, source_root)
+    facts = parse_tu(cmd, roots, source_root, also)
     if any("could not parse" in x for x in facts.diagnostics):
         return facts
     key = _tu_key(clang_args(cmd) + sorted(roots), cmd.file, facts.includes, memo)
@@ -356,12 +382,14 @@ class PendingSourceFacts:
     :meth:`result` waits for them and merges. Workers are forked when it is made, from the
     calling thread."""
 
-    def __init__(self, cmds, roots, source_root, cache: bool, progress):
+    def __init__(self, cmds, roots, source_root, cache: bool, progress, also=None):
         self.cmds, self.roots, self.source_root, self.cache, self.progress = cmds, tuple(roots), source_root, cache, progress
         self.memo: dict = {}
         self._facts: SourceFacts | None = None
         self._pool = None
         self._futures: dict = {}
+        #: (file, (function, arguments)): the hook the worker parsing that file runs (:meth:`also`)
+        self._also = also
         whole = _whole_path(cmds, self.roots, source_root, self.memo) if cache and _cache.enabled() else None
         if whole is not None:
             hit = _cache.read(whole)
@@ -371,6 +399,8 @@ class PendingSourceFacts:
                 self._facts = hit
                 return
         _HEADER_FUNCTIONS.clear()  # one run's memo (a library caller may run many: it must not grow)
+        _HEADER_VARIABLES.clear()
+        _PREFIXES.clear()
         _SENT.clear()
         self._start_workers()
 
@@ -390,9 +420,12 @@ class PendingSourceFacts:
         try:
             self._pool = cf.ProcessPoolExecutor(max_workers=min(os.cpu_count() or 1, len(todo)),
                                                 mp_context=mp.get_context("fork"))
-            for c in sorted(todo, key=_weight, reverse=True):
+            also_file = self._also[0] if self._also else None
+            # the hook's TU first: the caller waits for it while the others parse
+            for c in sorted(todo, key=lambda c: (c.file != also_file, -_weight(c))):
                 self._futures[c.file, c.arguments] = self._pool.submit(
-                    _tu_job, (c, self.roots, self.source_root, self.cache))
+                    _tu_job, (c, self.roots, self.source_root, self.cache,
+                              self._also[1] if c.file == also_file else None))
         except OSError:  # no worker processes here: everything is done in this one
             self.close()
 
@@ -401,6 +434,22 @@ class PendingSourceFacts:
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
         self._pool, self._futures = None, {}
+
+    def also(self):
+        """What the hook given to :func:`start_source_facts` read from its translation unit, or
+        None when no worker parsed that unit (it came from the cache, or there are no workers):
+        waits for that one unit only."""
+        import concurrent.futures as cf
+
+        if not self._also or self._facts is not None:
+            return None
+        for (file, _args), fut in self._futures.items():
+            if file == self._also[0]:
+                try:
+                    return fut.result()[5]
+                except (OSError, cf.process.BrokenProcessPool):
+                    return None
+        return None
 
     def _facts_of(self):
         """(command, TUFacts) in the commands' order."""
@@ -434,10 +483,17 @@ class PendingSourceFacts:
 
 
 def start_source_facts(commands: Iterable[CompileCommand], roots=DEFAULT_ROOTS, files=None, cache: bool = True,
-                       progress: Callable[[str], None] | None = None, source_root=None) -> PendingSourceFacts:
-    """:func:`source_facts`, started in the background: call ``.result()`` for the facts."""
+                       progress: Callable[[str], None] | None = None, source_root=None,
+                       also: tuple | None = None) -> PendingSourceFacts:
+    """:func:`source_facts`, started in the background: call ``.result()`` for the facts.
+
+    ``also``: None, or ``(file, function, arguments)``: the worker that parses ``file`` also
+    runs ``function(tu, *arguments)`` on its translation unit (a module-level function); ``.also()``
+    gives the result (the scope proof reads the assembly's C context from the parse the C door
+    does anyway)."""
     cmds = [c for c in commands if not c.is_asm and c.file.endswith(".c") and _selected(c, files)]
-    return PendingSourceFacts(cmds, roots, source_root, cache, progress)
+    return PendingSourceFacts(cmds, roots, source_root, cache, progress,
+                              (also[0], (also[1], tuple(also[2]))) if also else None)
 
 
 def _whole_path(cmds, roots, source_root, memo) -> Path | None:
@@ -496,8 +552,8 @@ _SENT: set = set()
 def _tu_job(args):
     """A worker's TU: header functions it already sent travel as their keys only (a hyp TU
     defines ~5,500 functions, ~600 distinct in all; pickling them all is a second per TU)."""
-    cmd, roots, source_root, cache = args
-    tf = cached_tu(cmd, roots, source_root, cache, {})
+    cmd, roots, source_root, cache, also = args
+    tf = cached_tu(cmd, roots, source_root, cache, {}, also)
     functions, per_function = [], {}
     for fn in tf.functions:
         if fn.key in tf.shared:
@@ -508,7 +564,7 @@ def _tu_job(args):
         functions.append(fn)
         if fn.key in tf.per_function:
             per_function[fn.key] = tf.per_function[fn.key]
-    return functions, per_function, tf.file_scope, tf.diagnostics, tf.includes
+    return functions, per_function, tf.file_scope, tf.diagnostics, tf.includes, tf.also
 
 
 def _expand(sent: list) -> list[TUFacts]:
@@ -520,7 +576,7 @@ def _expand(sent: list) -> list[TUFacts]:
             if not isinstance(fn, tuple):
                 full.setdefault(fn.key, (fn, per_function.get(fn.key)))
     out = []
-    for functions, per_function, file_scope, diagnostics, includes in sent:
+    for functions, per_function, file_scope, diagnostics, includes, _also in sent:
         tf = TUFacts()
         tf.file_scope, tf.diagnostics, tf.includes = file_scope, diagnostics, includes
         for fn in functions:

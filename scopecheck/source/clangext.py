@@ -137,11 +137,35 @@ def _expansion_location():
     return f
 
 
+@functools.cache
+def _extent_lib():
+    lib = ci.conf.lib
+    lib.clang_getCursorExtent.argtypes = [ci.Cursor]
+    lib.clang_getCursorExtent.restype = ci.SourceRange
+    lib.clang_getRangeStart.argtypes = [ci.SourceRange]
+    lib.clang_getRangeStart.restype = ci.SourceLocation
+    lib.clang_getRangeEnd.argtypes = [ci.SourceRange]
+    lib.clang_getRangeEnd.restype = ci.SourceLocation
+    return lib
+
+
+def extent_offsets(c) -> tuple[int | None, int, int]:
+    """(file handle of the extent's start, start offset, end offset), expansion locations, read
+    into reused buffers (``c.extent.start.offset`` asks libclang for file, line and column
+    again for each of them)."""
+    lib, expansion = _extent_lib(), _expansion_location()
+    ext = lib.clang_getCursorExtent(c)
+    handle, offset = ctypes.c_void_p(), ctypes.c_uint()
+    expansion(lib.clang_getRangeStart(ext), ctypes.byref(handle), None, None, ctypes.byref(offset))
+    start = offset.value
+    expansion(lib.clang_getRangeEnd(ext), None, None, None, ctypes.byref(offset))
+    return handle.value, start, offset.value
+
+
 def top_level(tu) -> list:
     """(kind, cursor, file handle, offset) of a translation unit's function definitions and
-    variables, in order. For a function, the handle (an int, :func:`file_name` names it) and
-    offset are where its name is expanded: a cheap per-translation-unit key; a variable has
-    (None, 0).
+    variables, in order. The handle (an int, :func:`file_name` names it; None for no file) and
+    offset are where the name is expanded: a cheap per-translation-unit key.
 
     The top level of a kernel TU holds tens of thousands of declarations; kinds are compared as
     libclang's integers and locations read into reused buffers, so only the few kept become
@@ -167,10 +191,32 @@ def top_level(tu) -> list:
                 out.append((FUNCTION_DEFINITION, child, handle.value, offset.value))
         elif k == var:
             child._tu = tu
-            out.append((VARIABLE, child, None, 0))
+            expansion(location_of(child), p_handle, None, None, p_offset)
+            out.append((VARIABLE, child, handle.value, offset.value))
         return 1  # CXChildVisit_Continue
 
     lib.clang_visitChildren(tu.cursor, _VISIT(visitor), None)
+    return out
+
+
+def top_level_of(tu, kinds) -> list:
+    """(kind id, cursor) of a translation unit's top-level declarations of the given
+    :class:`CursorKind` s, in order (kinds compared as libclang's integers, like :func:`top_level`)."""
+    global _VISIT
+    if _VISIT is None:
+        _VISIT = ci.callbacks["cursor_visit"]
+    kind_of = ci.conf.lib.clang_getCursorKind
+    wanted = frozenset(k.value for k in kinds)
+    out = []
+
+    def visitor(child, _parent, _data):
+        k = kind_of(child)
+        if k in wanted:
+            child._tu = tu
+            out.append((k, child))
+        return 1  # CXChildVisit_Continue
+
+    ci.conf.lib.clang_visitChildren(tu.cursor, _VISIT(visitor), None)
     return out
 
 

@@ -92,14 +92,13 @@ class Context:
         still listed as functions (without their calls): they cannot reach a root's fields
         by themselves, and walking every inline of every kernel header costs seconds per file.
         """
-        ext = fn.extent
-        f = ext.start.file
-        if f is None:
+        handle, start, end = cx.extent_offsets(fn)
+        if not handle:
             return True
-        name = os.path.normpath(f.name)
+        name = self.file_name(handle)
         if name == self.main_file or "kvm" in name:
             return True
-        body = self.text(name)[ext.start.offset:ext.end.offset]
+        body = self.text(name)[start:end]
         return not body or any(n in body for n in self._needles)
 
     def text(self, name: str) -> bytes:
@@ -200,6 +199,19 @@ def _null(c) -> bool:
     return s.kind == K.INTEGER_LITERAL and cx.eval_int(s) == 0
 
 
+def function_record(fn, ctx: Context) -> SourceFunction:
+    """The :class:`SourceFunction` of a function definition cursor (no walk: header functions
+    that never name a root get only this)."""
+    loc = fn.location  # one location: file, line and column from one libclang call
+    f = loc.file
+    params = tuple((a.spelling, a.type.spelling) for a in fn.get_arguments())
+    return SourceFunction(name=fn.spelling, file=ctx.relpath(f.name) if f is not None else None,
+                          line=loc.line, col=loc.column,
+                          is_static=fn.storage_class == ci.StorageClass.STATIC,
+                          is_inline=cx.is_inline(fn), type=cx.function_type_spelling(fn.type),
+                          params=params)
+
+
 class FunctionWalker:
     def __init__(self, fn, ctx: Context):
         self.fn = fn
@@ -220,12 +232,7 @@ class FunctionWalker:
 
     # ------------------------------------------------------------ record
     def function(self) -> SourceFunction:
-        fn = self.fn
-        params = tuple((a.spelling, a.type.spelling) for a in fn.get_arguments())
-        return SourceFunction(name=fn.spelling, file=self.file, line=self.line, col=fn.location.column,
-                              is_static=fn.storage_class == ci.StorageClass.STATIC,
-                              is_inline=cx.is_inline(fn), type=cx.function_type_spelling(fn.type),
-                              params=params)
+        return function_record(self.fn, self.ctx)
 
     def run(self):
         body = None
