@@ -96,6 +96,12 @@ class HypGraph:
         return parents
 
 
+def preload_graph() -> None:
+    """Import the graph library now (it costs ~0.1 s; the scope proof does it while it waits
+    for the source workers instead of after them)."""
+    import networkx  # noqa: F401
+
+
 def build_graph(facts: HypFacts, source: SourceFacts | None = None, source_root: str | None = None,
                 entry_names: list[str] | None = None) -> HypGraph:
     import networkx as nx

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from scopecheck.errors import InputError
-from scopecheck.graph import HypGraph, build_graph, norm_file, norm_key
+from scopecheck.graph import HypGraph, build_graph, norm_file, norm_key, preload_graph
 from scopecheck.model_code import Escalation, FieldAccess, FuncKey
 from scopecheck.query import Query, canonical, load_query
 
@@ -419,6 +419,7 @@ def _finish_source(job: _SourceJob, inp: Inputs, use_cache: bool):
     if inp.asm_offsets is not None and job.s_files:
         asm = _asm_facts(job.hyp, job.c_cmds, job.s_files, inp, job.kernel, job.root, use_cache,
                          context=job.pending.also)
+    preload_graph()  # the call graph's library is imported while the workers parse, not after them
     facts = job.pending.result()
     if asm is not None:
         facts.accesses.extend(asm[0])

@@ -190,10 +190,12 @@ def _relroot(cmd: CompileCommand, source_root) -> str:
     return os.path.normpath(str(source_root)) if source_root else cmd.directory
 
 
-def parse_tu(cmd: CompileCommand, roots=DEFAULT_ROOTS, source_root=None, also=None) -> TUFacts:
+def parse_tu(cmd: CompileCommand, roots=DEFAULT_ROOTS, source_root=None, also=None,
+             includes: bool = True) -> TUFacts:
     """Parse one translation unit and walk it (no cache). ``also``: None, or ``(function,
     arguments)``: ``function(tu, *arguments)`` is kept as the result's ``also`` (a module-level
-    function, so that it reaches worker processes)."""
+    function, so that it reaches worker processes). ``includes``: list the included files (the
+    cache's key needs them; nothing else does)."""
     import clang.cindex as ci
 
     from scopecheck.source import clangext as cx
@@ -218,7 +220,8 @@ def parse_tu(cmd: CompileCommand, roots=DEFAULT_ROOTS, source_root=None, also=No
             loc = d.location
             where = f"{rel(loc.file.name)}:{loc.line}" if loc.file else rel(cmd.file)
             out.diagnostics.append(f"{where}: {d.spelling}")
-    out.includes = sorted({os.path.normpath(i.include.name) for i in tu.get_includes()})
+    if includes:
+        out.includes = sorted({os.path.normpath(i.include.name) for i in tu.get_includes()})
     if also is not None:
         out.also = also[0](tu, *also[1])
     ctx = w.Context(tu, roots, rel)
@@ -332,7 +335,7 @@ def _last_key(cmd: CompileCommand, roots, source_root, memo: dict) -> tuple[Path
 
 def cached_tu(cmd: CompileCommand, roots, source_root, cache: bool, memo: dict, also=None) -> TUFacts:
     if not cache or not _cache.enabled():
-        return parse_tu(cmd, roots, source_root, also)
+        return parse_tu(cmd, roots, source_root, also, includes=False)
     d, index_p, key = _last_key(cmd, roots, source_root, memo)
     if key is not None:
         facts = _read_facts(d / f"{key}.facts.msgpack")
@@ -446,7 +449,7 @@ class PendingSourceFacts:
         for (file, _args), fut in self._futures.items():
             if file == self._also[0]:
                 try:
-                    return fut.result()[5]
+                    return fut.result()[7]
                 except (OSError, cf.process.BrokenProcessPool):
                     return None
         return None
@@ -522,11 +525,14 @@ def _merge(cmds, facts_of, progress) -> SourceFacts:
         facts.files.append(cmd.file)
         facts.diagnostics.extend(tf.diagnostics)
         for fn in tf.functions:
-            if fn.key in seen_fn:
+            key = fn.key
+            if key in seen_fn:
                 continue
-            seen_fn.add(fn.key)
+            seen_fn.add(key)
             facts.functions.append(fn)
-            recs = tf.per_function.get(fn.key, {})
+            recs = tf.per_function.get(key)
+            if recs is None:
+                continue
             facts.accesses.extend(recs.get("accesses", ()))
             for ps in recs.get("provenance", ()):
                 prov_pairs.append((ps, list(recs.get("accesses", ()))))
@@ -545,43 +551,49 @@ def _merge(cmds, facts_of, progress) -> SourceFacts:
     return facts
 
 
-#: keys of the shared header functions this worker process has already sent to the parent
-_SENT: set = set()
+#: shared header functions this worker process has already sent to the parent: key -> the
+#: number it was sent under (its rank among them)
+_SENT: dict = {}
 
 
 def _tu_job(args):
-    """A worker's TU: header functions it already sent travel as their keys only (a hyp TU
-    defines ~5,500 functions, ~600 distinct in all; pickling them all is a second per TU)."""
+    """A worker's TU: a header function it already sent travels as the number it was sent under
+    (a hyp TU defines ~5,500 functions, ~600 distinct in all; pickling them all is a second per
+    TU, their keys a tenth of one)."""
     cmd, roots, source_root, cache, also = args
     tf = cached_tu(cmd, roots, source_root, cache, {}, also)
-    functions, per_function = [], {}
+    functions, per_function, numbered = [], {}, []
     for fn in tf.functions:
-        if fn.key in tf.shared:
-            if fn.key in _SENT:
-                functions.append(fn.key)
+        key = fn.key
+        if key in tf.shared:
+            n = _SENT.get(key)
+            if n is not None:
+                functions.append(n)
                 continue
-            _SENT.add(fn.key)
+            n = _SENT[key] = len(_SENT)
+            numbered.append((len(functions), n))
         functions.append(fn)
-        if fn.key in tf.per_function:
-            per_function[fn.key] = tf.per_function[fn.key]
-    return functions, per_function, tf.file_scope, tf.diagnostics, tf.includes, tf.also
+        if key in tf.per_function:
+            per_function[key] = tf.per_function[key]
+    return (os.getpid(), functions, numbered, per_function, tf.file_scope, tf.diagnostics, tf.includes,
+            tf.also)
 
 
 def _expand(sent: list) -> list[TUFacts]:
-    """The workers' TUs (:func:`_tu_job`) whole again: a key stands for the record its worker
-    sent with an earlier TU."""
+    """The workers' TUs (:func:`_tu_job`) whole again: a number stands for the record its worker
+    sent under that number with an earlier TU."""
     full: dict = {}
-    for functions, per_function, *_ in sent:
-        for fn in functions:
-            if not isinstance(fn, tuple):
-                full.setdefault(fn.key, (fn, per_function.get(fn.key)))
+    for pid, functions, numbered, per_function, *_ in sent:
+        for at, n in numbered:
+            fn = functions[at]
+            full[pid, n] = (fn, per_function.get(fn.key))
     out = []
-    for functions, per_function, file_scope, diagnostics, includes, _also in sent:
+    for pid, functions, _numbered, per_function, file_scope, diagnostics, includes, _also in sent:
         tf = TUFacts()
         tf.file_scope, tf.diagnostics, tf.includes = file_scope, diagnostics, includes
         for fn in functions:
-            if isinstance(fn, tuple):
-                fn, per = full[fn]
+            if isinstance(fn, int):
+                fn, per = full[pid, fn]
             else:
                 per = per_function.get(fn.key)
             tf.functions.append(fn)
