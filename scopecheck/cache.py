@@ -12,6 +12,9 @@ runs in C), and with fields other modules add to those dataclasses included auto
 Only classes from the ``scopecheck`` package can be named. Each entry carries the SHA-256 of
 its payload: a truncated, flipped or foreign file is detected, reported once on stderr when
 ``SCOPECHECK_DEBUG`` is set, removed, and the caller recomputes.
+
+A directory written to is kept under ``SCOPECHECK_CACHE_MAX_MB`` (default 2048), least recently
+used entries out first (:func:`prune`).
 """
 
 from __future__ import annotations
@@ -303,17 +306,20 @@ def loads(data: bytes):
 
 
 def read(path):
-    """The cached value at ``path``, or None (missing; damaged ones are reported and removed)."""
+    """The cached value at ``path``, or None (missing; damaged ones are reported and removed).
+    A value read is marked used (its mtime), for :func:`prune`."""
     try:
         with open(path, "rb") as f:
             data = f.read()
     except OSError:
         return None
     try:
-        return loads(data)
+        value = loads(data)
     except ValueError as e:
         report_bad(path, str(e))
         return None
+    touch(path)
+    return value
 
 
 def write(path, value) -> bool:
@@ -330,4 +336,79 @@ def write(path, value) -> bool:
         atomic_write_bytes(path, data)
     except OSError:
         return False
+    _prune_once(Path(path).parent)
     return True
+
+
+# ---------------------------------------------------------------- size: least recently used out
+
+#: the most one cache directory (``source/``, ``hyp/``) keeps, unless ``SCOPECHECK_CACHE_MAX_MB``
+#: says otherwise: each scopecheck version and each build adds entries (a 6.1 hyp TU's facts are
+#: ~6 MB) that nothing else would ever remove
+DEFAULT_MAX_MB = 2048
+_PRUNED: set = set()
+
+
+def max_bytes() -> int:
+    """``SCOPECHECK_CACHE_MAX_MB`` (megabytes per cache directory), else :data:`DEFAULT_MAX_MB`."""
+    raw = os.environ.get("SCOPECHECK_CACHE_MAX_MB", "")
+    try:
+        mb = int(raw) if raw.strip() else DEFAULT_MAX_MB
+    except ValueError:
+        mb = DEFAULT_MAX_MB
+    return max(mb, 0) * 1024 * 1024
+
+
+def touch(path) -> None:
+    """Mark a cache entry used now (its mtime): :func:`prune` removes the least recently used."""
+    try:
+        os.utime(path)
+    except OSError:
+        pass
+
+
+def prune(directory, limit: int | None = None) -> int:
+    """Remove the least recently used entries of one cache directory (oldest mtime first: reads
+    :func:`touch` them) until it holds at most 80% of ``limit`` bytes, when it holds more than
+    ``limit`` (default :func:`max_bytes`). Unfinished writes (``.*.tmp``) younger than an hour are
+    left alone. Returns the bytes removed; a file that cannot be removed is skipped."""
+    import time
+
+    limit = max_bytes() if limit is None else limit
+    entries = []
+    total = 0
+    try:
+        with os.scandir(directory) as it:
+            for e in it:
+                try:
+                    st = e.stat(follow_symlinks=False)
+                except OSError:
+                    continue
+                if not e.is_file(follow_symlinks=False):
+                    continue
+                total += st.st_size
+                if e.name.startswith(".") and e.name.endswith(".tmp") and time.time() - st.st_mtime < 3600:
+                    continue
+                entries.append((st.st_mtime_ns, e.name, st.st_size))
+    except OSError:
+        return 0
+    if total <= limit:
+        return 0
+    removed = 0
+    for _mtime, name, size in sorted(entries):
+        if total - removed <= limit * 0.8:
+            break
+        try:
+            os.unlink(os.path.join(directory, name))
+        except OSError:
+            continue
+        removed += size
+    return removed
+
+
+def _prune_once(directory: Path) -> None:
+    """:func:`prune` a cache directory after the first write a process makes to it."""
+    if directory in _PRUNED:
+        return
+    _PRUNED.add(directory)
+    prune(directory)

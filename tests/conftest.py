@@ -16,6 +16,10 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURE_BUILD = ROOT / "fixtures" / "mini_hyp" / "build"
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+# the suite proves many copies of the kernel trees (mutations, series): its warm working set is
+# larger than one user's, so its caches may hold more than the default (a user's setting wins;
+# test_cache.py tests the limit itself)
+os.environ.setdefault("SCOPECHECK_CACHE_MAX_MB", "8192")
 
 
 def fixture_variants() -> list[str]:

@@ -175,3 +175,55 @@ def test_fields_other_modules_add_just_work(monkeypatch):
     back = cache.loads(cache.dumps({"recs": recs}))
     assert back["recs"] == recs and dataclasses.is_dataclass(back["recs"][0])
     assert back["recs"][0].pairs == ((1, 2), (3, 4)) and isinstance(back["recs"][0].pairs[0], tuple)
+
+
+def test_a_cache_directory_is_kept_under_its_size_limit_least_recently_used_out(cache_root, monkeypatch):
+    """A real proof fills source/ and hyp/; with SCOPECHECK_CACHE_MAX_MB the directory written to
+    is cut back to 80% of the limit, oldest-used first: an entry read since survives, the
+    unread ones of an earlier run go, and the run's own result still comes back warm."""
+    from scopecheck.model_code import SourceFunction
+
+    src = cache_root / "source"
+    src.mkdir(parents=True)
+    # three stale entries of an "earlier version", ~400 kB each, used long ago
+    recs = [SourceFunction(name=f"f{i}", file="x.c", line=i, params=(("v", "struct kvm_vcpu *"),))
+            for i in range(4000)]
+    stale = []
+    for i in range(3):
+        p = src / f"stale{i}.facts.msgpack"
+        assert cache.write(p, recs)
+        os.utime(p, (1_000_000 + i, 1_000_000 + i))
+        stale.append(p)
+    size = stale[0].stat().st_size
+    assert size > 100_000
+    # one of them is read again now: it becomes the most recently used
+    assert cache.read(stale[0]) == recs
+    limit_mb = max(1, (3 * size) // (1024 * 1024))
+    monkeypatch.setenv("SCOPECHECK_CACHE_MAX_MB", str(limit_mb))
+    assert cache.max_bytes() == limit_mb * 1024 * 1024
+    removed = cache.prune(src)
+    assert removed > 0
+    left = {p.name for p in src.iterdir()}
+    assert stale[0].name in left, "an entry read since was removed"
+    assert stale[1].name not in left, "the least recently used entry was kept"
+    assert sum(p.stat().st_size for p in src.iterdir()) <= 0.8 * limit_mb * 1024 * 1024
+    # a directory under its limit is left alone
+    assert cache.prune(src, limit=10**12) == 0
+    # through the proof: its first write to source/ prunes the stale entries (least recently used),
+    # not its own, and a second run reads its merged facts back (the read marks them used)
+    for p in stale:
+        assert cache.write(p, recs)
+        os.utime(p, (1_000_000, 1_000_000))
+    env = {"SCOPECHECK_CACHE_MAX_MB": "1"}
+    r = run_cli("callgraph", str(FIX), "--format", "json", env=env)
+    assert r.returncode == 0, r.stderr
+    left = {p.name for p in src.iterdir()}
+    assert not {p.name for p in stale} <= left, "no stale entry was pruned"
+    whole = [p for p in src.iterdir() if p.name.endswith(".whole.msgpack")]
+    assert len(whole) == 1
+    os.utime(whole[0], (2_000_000, 2_000_000))
+    r2 = run_cli("callgraph", str(FIX), "--format", "json", env=env)
+    assert r2.returncode == 0 and json.loads(r2.stdout)["stats"] == json.loads(r.stdout)["stats"]
+    assert whole[0].stat().st_mtime > 2_000_000, "the warm run did not read the merged facts"
+    monkeypatch.setenv("SCOPECHECK_CACHE_MAX_MB", "not a number")
+    assert cache.max_bytes() == cache.DEFAULT_MAX_MB * 1024 * 1024

@@ -330,6 +330,7 @@ def _last_key(cmd: CompileCommand, roots, source_root, memo: dict) -> tuple[Path
     idx = _read_json(index_p)
     if not (isinstance(idx, dict) and isinstance(idx.get("includes"), list)):
         return d, index_p, None
+    _cache.touch(index_p)  # used: kept by the cache's least-recently-used pruning
     return d, index_p, _tu_key(args + sorted(roots), cmd.file, idx["includes"], memo)
 
 
