@@ -38,6 +38,12 @@ def _lib():
     lib.clang_EvalResult_dispose.restype = None
     lib.clang_Cursor_isFunctionInlined.argtypes = [ci.Cursor]
     lib.clang_Cursor_isFunctionInlined.restype = ctypes.c_uint
+    # file locations with the file as a plain pointer; outputs not asked for are NULL
+    for name in ("clang_getExpansionLocation", "clang_getFileLocation"):
+        f = getattr(lib, name)
+        f.argtypes = [ci.SourceLocation, ctypes.POINTER(ctypes.c_void_p), ctypes.c_void_p, ctypes.c_void_p,
+                      ctypes.POINTER(ctypes.c_uint)]
+        f.restype = None
     return lib
 
 
@@ -76,17 +82,8 @@ def file_position(c) -> tuple[int | None, int]:
     """
     f = ctypes.c_void_p()
     off = ctypes.c_uint()
-    _file_location()(c.location, ctypes.byref(f), None, None, ctypes.byref(off))
+    _lib().clang_getFileLocation(c.location, ctypes.byref(f), None, None, ctypes.byref(off))
     return f.value, off.value
-
-
-@functools.cache
-def _file_location():
-    f = ci.conf.lib.clang_getFileLocation
-    f.argtypes = [ci.SourceLocation, ctypes.POINTER(ctypes.c_void_p), ctypes.c_void_p, ctypes.c_void_p,
-                  ctypes.POINTER(ctypes.c_uint)]
-    f.restype = None
-    return f
 
 
 def file_name(handle: int) -> str:
@@ -127,33 +124,12 @@ def children(c) -> list:
 FUNCTION_DEFINITION, VARIABLE = 1, 2
 
 
-@functools.cache
-def _expansion_location():
-    """clang_getExpansionLocation with the file as a plain pointer and line/column not asked for."""
-    f = ci.conf.lib.clang_getExpansionLocation
-    f.argtypes = [ci.SourceLocation, ctypes.POINTER(ctypes.c_void_p), ctypes.c_void_p, ctypes.c_void_p,
-                  ctypes.POINTER(ctypes.c_uint)]
-    f.restype = None
-    return f
-
-
-@functools.cache
-def _extent_lib():
-    lib = ci.conf.lib
-    lib.clang_getCursorExtent.argtypes = [ci.Cursor]
-    lib.clang_getCursorExtent.restype = ci.SourceRange
-    lib.clang_getRangeStart.argtypes = [ci.SourceRange]
-    lib.clang_getRangeStart.restype = ci.SourceLocation
-    lib.clang_getRangeEnd.argtypes = [ci.SourceRange]
-    lib.clang_getRangeEnd.restype = ci.SourceLocation
-    return lib
-
-
 def extent_offsets(c) -> tuple[int | None, int, int]:
     """(file handle of the extent's start, start offset, end offset), expansion locations, read
     into reused buffers (``c.extent.start.offset`` asks libclang for file, line and column
     again for each of them)."""
-    lib, expansion = _extent_lib(), _expansion_location()
+    lib = _lib()  # the bindings declare clang_getCursorExtent and clang_getRange{Start,End} themselves
+    expansion = lib.clang_getExpansionLocation
     ext = lib.clang_getCursorExtent(c)
     handle, offset = ctypes.c_void_p(), ctypes.c_uint()
     expansion(lib.clang_getRangeStart(ext), ctypes.byref(handle), None, None, ctypes.byref(offset))
@@ -176,7 +152,7 @@ def top_level(tu) -> list:
         _VISIT = ci.callbacks["cursor_visit"]
     lib = ci.conf.lib
     kind_of, is_definition, location_of = lib.clang_getCursorKind, lib.clang_isCursorDefinition, lib.clang_getCursorLocation
-    expansion = _expansion_location()
+    expansion = _lib().clang_getExpansionLocation
     fn, var = K.FUNCTION_DECL.value, K.VAR_DECL.value
     handle, offset = ctypes.c_void_p(), ctypes.c_uint()
     p_handle, p_offset = ctypes.byref(handle), ctypes.byref(offset)
