@@ -59,7 +59,10 @@ def run(cmd: str) -> subprocess.CompletedProcess:
 
 
 def _normalize(s: str) -> list[str]:
-    return [line.rstrip() for line in s.rstrip("\n").splitlines()]
+    """Output lines as the README shows them: trailing blanks dropped, the home directory as ``~``
+    (a transcript holds cache paths, and nobody else's home is /root)."""
+    home = str(Path.home()).rstrip("/") + "/"
+    return [line.rstrip().replace(home, "~/") for line in s.rstrip("\n").splitlines()]
 
 
 def _cases():
