@@ -12,7 +12,7 @@ if [ "$(id -u)" -ne 0 ]; then
   fi
 fi
 
-PKGS=(dwarves gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-system-arm clang lld llvm ccache cpio flex bison bc
+PKGS=(dwarves gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-system-arm clang lld llvm ccache debugedit cpio flex bison bc
       libelf-dev libssl-dev make xz-utils zstd file rsync patch python3-venv coccinelle)
 
 # arm64 Debian packages (the dbg vmlinux, the unsigned Image) are fetched with apt-get download.

@@ -68,6 +68,8 @@ def require_llvm() -> None:
 def _build(series: str, config: str, patches: tuple[str, ...], llvm: bool = False) -> BuiltKernel:
     """Build through the CLI, as a user would (`scopecheck kernel build SRC` without --out uses the cache)."""
     require_llvm() if llvm else require_cross_compiler()
+    if patches:  # the unpatched build first: a patched one is an incremental copy of it (kernels/seed.py)
+        _build(series, config, (), llvm)
     args = [sys.executable, "-m", "scopecheck", "kernel", "build", str(debian_source_tarball(series)),
             "--config", config, "--format", "json"]
     if llvm:
@@ -83,7 +85,10 @@ def _build(series: str, config: str, patches: tuple[str, ...], llvm: bool = Fals
 
 
 def pkvm_tiny_61(patches: Sequence[str | Path] = (), llvm: bool = False) -> BuiltKernel:
-    """pkvm-tiny built from Debian's linux-source-6.1 (optionally with ``patches`` applied to a copy)."""
+    """pkvm-tiny built from Debian's linux-source-6.1 (optionally with ``patches`` applied to a copy).
+
+    A patched build is a copy of the unpatched one that ``make`` rebuilds incrementally.
+    """
     return _build("6.1", "pkvm-tiny", tuple(str(p) for p in patches), llvm)
 
 

@@ -223,6 +223,32 @@ def test_patched_build_has_injected_function(tmp_path, src61, tiny61):
     assert INJECTED not in (src61.dir / HYP_FILE).read_text()
 
 
+def test_patched_build_is_an_incremental_copy_that_names_only_itself(tmp_path, src61, tiny61):
+    """The patched build starts from a copy of the unpatched one; its DWARF names only its own tree and out."""
+    from elftools.elf.elffile import ELFFile
+
+    from scopecheck.kernels import seed
+
+    patch = _leak_patch(src61.dir, tmp_path / "leak.patch")
+    k = build_cache.pkvm_tiny_61([patch])
+    assert shutil.which("debugedit"), "scripts/install-deps.sh installs debugedit"
+    assert k.seeded_from == str(tiny61.out)
+    note = next(n for n in k.notes if n.startswith("rebuilt incrementally"))
+    recompiled = int(re.search(r"\((\d+) C file", note).group(1))
+    assert 1 <= recompiled < 20, note  # the hyp file (and nothing like the whole kernel)
+    assert seed.stale_paths(tiny61, [k.vmlinux, k.kvm_nvhe_o]) == []
+    for f in (k.kvm_nvhe_o, k.vmlinux):
+        with open(f, "rb") as fh:
+            dwarf = ELFFile(fh).get_dwarf_info()
+            tops = [cu.get_top_DIE() for cu in dwarf.iter_CUs()]
+            comp_dirs = {t.attributes["DW_AT_comp_dir"].value.decode() for t in tops
+                         if "DW_AT_comp_dir" in t.attributes}
+            names = {t.attributes["DW_AT_name"].value.decode() for t in tops if "DW_AT_name" in t.attributes}
+        assert comp_dirs == {str(k.out)}, (f, comp_dirs - {str(k.out)})
+        assert str(k.source_dir / HYP_FILE) in names
+        assert not any(n.startswith(str(src61.dir)) for n in names)
+
+
 # --------------------------------------------------------------------------- errors: exit 2, one line
 
 

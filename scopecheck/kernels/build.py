@@ -189,6 +189,7 @@ class BuiltKernel:
     kconfig: dict = field(default_factory=dict)
     ccache: bool = False
     reused_config: bool = False  # an existing build directory's .config was kept (incremental rebuild)
+    seeded_from: str = ""  # the build directory this one was copied from and rebuilt incrementally
 
     @property
     def artefacts(self) -> dict[str, Path]:
@@ -897,6 +898,10 @@ class _NoBTF(Exception):
     pass
 
 
+class StaleSeed(ScopecheckError):
+    """A seeded build whose debug info still names the build it was copied from."""
+
+
 def build_kernel(
     src: os.PathLike | str,
     out: os.PathLike | str,
@@ -909,6 +914,7 @@ def build_kernel(
     btf: Optional[bool] = None,
     ccache: Optional[bool] = None,
     extra_make_vars: Sequence[str] = (),
+    seeded_from: Optional[BuiltKernel] = None,
 ) -> BuiltKernel:
     """Cross-build arm64 ``vmlinux``, ``Image``, ``kvm_nvhe.o`` and ``compile_commands.json`` into ``out``.
 
@@ -923,6 +929,9 @@ def build_kernel(
     its ``.config`` is kept and ``make`` rebuilds only what changed.
     ``extra_make_vars``: more ``VAR=value`` arguments for every make call
     (``scopecheck series`` passes ``CC=ccache aarch64-linux-gnu-gcc``).
+    ``seeded_from``: ``out`` is a copy of that build made by
+    :func:`scopecheck.kernels.seed.seed_out`; its ``.config`` is kept and the DWARF
+    of what ``make`` did not recompile is relocated afterwards.
     Raises :class:`ScopecheckError` subclasses (InputError, ToolMissing,
     PatchFailed, ConfigNotApplied, BuildFailed) with one-line messages.
     """
@@ -957,6 +966,9 @@ def build_kernel(
     elif ccache:
         _need("ccache", "ccache")
     fingerprint = _config_fingerprint(tree, config, config_file, make_vars, toolchain, btf)
+    if seeded_from is not None and previous is not None and previous.get("config_fingerprint") == \
+            _config_fingerprint(Path(seeded_from.source_dir), config, config_file, make_vars, toolchain, btf):
+        previous["config_fingerprint"] = fingerprint  # the same config, in the copy of the tree
     reuse_config = (previous is not None and previous.get("config_fingerprint") == fingerprint
                     and (out / ".config").is_file() and bool(previous.get("kconfig")))
     (out / STAMP).unlink(missing_ok=True)
@@ -1003,6 +1015,10 @@ def build_kernel(
                     continue
             rc, lines = run.run("build", make + [f"-j{jobs}", "vmlinux", "Image"], tree, check=False)
             if rc == 0:
+                if seeded_from is not None:
+                    n = sum(1 for line in lines if (m := _KBUILD_LINE.match(line)) and m.group(1) == "CC")
+                    notes.append(f"rebuilt incrementally from a copy of {seeded_from.out} "
+                                 f"({n} C file(s) recompiled; debug info relocated with debugedit)")
                 break
             if want_btf and _btf_failure(lines) and (not reuse_config or kconfig_rec.get("btf")):
                 reuse_config = False
@@ -1056,6 +1072,15 @@ def build_kernel(
     missing = [f"{name} ({path})" for name, path in k.artefacts.items() if not path.exists()]
     if missing:
         raise BuildFailed(f"kernel build finished but did not produce {', '.join(missing)} (full log: {log})", log=log)
+    if seeded_from is not None:
+        from scopecheck.kernels import seed
+
+        dwarf = [k.vmlinux, k.kvm_nvhe_o]
+        seed.relocate_debug_info(seeded_from, tree, out, dwarf)
+        stale = seed.stale_paths(seeded_from, dwarf)
+        if stale:
+            raise StaleSeed(f"{', '.join(stale)} still name {seeded_from.out} after debugedit")
+        k = dataclasses.replace(k, seeded_from=str(seeded_from.out))
     atomic_write_text(out / STAMP, json.dumps({**k.to_json(), "stamp_format": STAMP_FORMAT,
                                                "config_fingerprint": fingerprint}, indent=2) + "\n")
     if progress:
@@ -1113,8 +1138,41 @@ def cached_build(
         done = load_build(out)
         if done is not None:
             return done
+        seeded = _seed_from_unpatched(src, source, config, patches, llvm, out, progress)
+        if seeded is not None:
+            try:
+                return build_kernel(src, out, config=config, jobs=jobs, patches=patches, llvm=llvm,
+                                    progress=progress, ccache=ccache, seeded_from=seeded)
+            except StaleSeed as e:  # never hand out a build whose DWARF names another tree: build from nothing
+                if progress:
+                    progress(f"incremental build unusable ({e}); building from nothing", None, None)
+                shutil.rmtree(out, ignore_errors=True)
         return build_kernel(src, out, config=config, jobs=jobs, patches=patches, llvm=llvm, progress=progress,
                             ccache=ccache)
+
+
+def _seed_from_unpatched(src, source: SourceTree, config: str, patches, llvm: bool, out: Path,
+                         progress: Optional[Progress]) -> Optional[BuiltKernel]:
+    """For a patched build: copy the cached build of the unpatched source into ``out``, when there is one.
+
+    Returns that build (``out`` now a copy of it, paths rewritten), or None (nothing done:
+    no patches, no such build in the cache, ``out`` already exists, or no debugedit).
+    """
+    from scopecheck.kernels import seed
+
+    if not patches or out.exists():
+        return None
+    key, _ = build_key(src, config, (), llvm, progress)
+    base_out = cache_dir("builds") / f"{config if config in CONFIG_NAMES else 'file'}-{source.version}-{key}"
+    with _lock(cache_dir("builds") / ".locks" / f"{base_out.name}.lock"):
+        base = load_build(base_out)
+        if base is None or Path(base.source_dir).resolve() != source.dir.resolve():
+            return None
+        tree = prepare_tree(source, patches, progress)
+        if not seed.can_seed(base, tree):
+            return None
+        seed.seed_out(base, tree, out, progress)
+    return base
 
 
 # --------------------------------------------------------------------------- CLI helper
