@@ -244,8 +244,8 @@ def run_series(src, patches: Sequence, *, config: str = "pkvm-tiny", query: str 
     with open_workdir(src, config, llvm=llvm, jobs=jobs, progress=progress, source=source) as wd:
         result = SeriesResult(source=source.given, kernel=source.version, config=config, query=query,
                               workdir=str(wd.root), steps=[], notes=list(notes))
-        if wd.cc_vars:
-            result.notes.append(f"compiler: {wd.cc_vars[0][3:]}")
+        if wd.ccache:
+            result.notes.append("compiler: through ccache")
         restored = wd.reset()
         if restored:
             say(f"restored {len(restored)} file(s) an earlier series had patched")

@@ -19,9 +19,14 @@ Reset: every file a patch is about to touch is first recorded in ``state.json``;
 reset copies those files back from SRC (with a new mtime, so make rebuilds them) and
 deletes the ones SRC does not have. SRC itself is never written to.
 
-ccache: when the ``ccache`` program is present every compile goes through it
-(``CC="ccache aarch64-linux-gnu-gcc"``, or ``ccache clang`` with ``--llvm``), with
-``CCACHE_DIR`` in ``cache_dir("ccache")`` unless set.
+ccache: when the ``ccache`` program is present every compile goes through it, masquerading
+as the compiler on PATH as in ``kernel build`` (so the command lines are the same as there).
+
+The first build: when the build cache holds ``kernel build``'s build of SRC with the same
+config and compiler, the work directory's build starts as a copy of it
+(:mod:`scopecheck.kernels.seed`): ``make`` then finds everything up to date, and after
+every build ``debugedit`` rewrites the copied objects' paths in the DWARF of ``vmlinux`` and
+``kvm_nvhe.o``. Otherwise the first build is a full one.
 """
 
 from __future__ import annotations
@@ -42,27 +47,26 @@ from scopecheck.errors import ScopecheckError
 from scopecheck.paths import atomic_write_text, cache_dir
 
 #: bump when the layout of a work directory changes
-WORKDIR_VERSION = 1
+WORKDIR_VERSION = 2
 STATE = "state.json"
 SERIES_LOG = "scopecheck-series.log"
 
 
-def ccache_vars(llvm: bool) -> list[str]:
-    """``CC=ccache <compiler>`` when ccache is installed, else nothing."""
-    if shutil.which("ccache") is None:
-        return []
-    from scopecheck.kernels.build import CROSS_GCC
-
-    return [f"CC=ccache {'clang' if llvm else CROSS_GCC}"]
+def _has_ccache() -> bool:
+    return shutil.which("ccache") is not None
 
 
-def _env() -> dict[str, str]:
+def _env(llvm: bool) -> dict[str, str]:
     env = dict(os.environ, LC_ALL="C", LANG="C", KBUILD_BUILD_USER="scopecheck",
                KBUILD_BUILD_HOST="scopecheck")
     env.pop("GCC_COLORS", None)
     for v in ("ARCH", "CROSS_COMPILE", "LLVM", "O", "KBUILD_OUTPUT", "CC", "KCONFIG_CONFIG"):
         env.pop(v, None)
     env.setdefault("CCACHE_DIR", str(cache_dir("ccache")))
+    if _has_ccache():
+        from scopecheck.kernels.build import _ccache_masquerade
+
+        env["PATH"] = f"{_ccache_masquerade(llvm)}{os.pathsep}{env.get('PATH', '')}"
     return env
 
 
@@ -93,7 +97,7 @@ class Workdir:
         self.llvm = llvm
         self.jobs = jobs or os.cpu_count() or 1
         self.progress = progress
-        self.cc_vars = ccache_vars(llvm)
+        self.ccache = _has_ccache()
 
     # ------------------------------------------------------------ state
 
@@ -179,29 +183,66 @@ class Workdir:
     # ------------------------------------------------------------ building
 
     def build(self, label: str = "build") -> StepBuild:
-        """A full build the first time (``kernel build``'s recipe), an incremental make after."""
-        from scopecheck.kernels.build import build_kernel, load_build
+        """The first time a copy of the cached build of SRC or a full build, an incremental make after."""
+        from scopecheck.kernels.build import StaleSeed, build_kernel, load_build
 
         t0 = time.monotonic()
         done = load_build(self.build_dir)
         if done is None or Path(done.source_dir).resolve() != self.tree.resolve():
-            k = build_kernel(self.tree, self.build_dir, config=self.config, jobs=self.jobs, llvm=self.llvm,
-                             progress=self.progress, extra_make_vars=self.cc_vars,
-                             ccache=False)  # CC=ccache ... already (cc_vars)
-            return StepBuild(k, round(time.monotonic() - t0, 1), True)
+            shutil.rmtree(self.build_dir, ignore_errors=True)
+            base = self._seed()
+            k = None
+            seeded = False
+            if base is not None:
+                try:
+                    k = build_kernel(self.tree, self.build_dir, config=self.config, jobs=self.jobs, llvm=self.llvm,
+                                     progress=self.progress, seeded_from=base)
+                    st = self._state()
+                    st["seeded_from"] = {"source_dir": str(base.source_dir), "out": str(base.out)}
+                    self._save_state(st)
+                    seeded = True
+                except StaleSeed:
+                    shutil.rmtree(self.build_dir, ignore_errors=True)
+            if k is None:
+                st = self._state()
+                st.pop("seeded_from", None)
+                self._save_state(st)
+                k = build_kernel(self.tree, self.build_dir, config=self.config, jobs=self.jobs, llvm=self.llvm,
+                                 progress=self.progress)
+            return StepBuild(k, round(time.monotonic() - t0, 1), not seeded)
         compiled = self._make(label)
         return StepBuild(done, round(time.monotonic() - t0, 1), False, compiled)
+
+    def _seed(self):
+        """Copy the cached build of SRC (same config and compiler) into ``build_dir``; that build, or None."""
+        from scopecheck.kernels import build as kb
+        from scopecheck.kernels import seed
+
+        try:
+            key, _ = kb.build_key(self.source.given, self.config, (), self.llvm)
+        except ScopecheckError:
+            return None
+        name = f"{self.config if self.config in kb.CONFIG_NAMES else 'file'}-{self.source.version}-{key}"
+        base_out = cache_dir("builds") / name
+        with kb._lock(cache_dir("builds") / ".locks" / f"{name}.lock"):
+            base = kb.load_build(base_out)
+            if base is None or Path(base.source_dir).resolve() != self.source.dir.resolve():
+                return None
+            if not seed.can_seed(base, self.tree):
+                return None
+            seed.seed_out(base, self.tree, self.build_dir, self.progress)
+        return base
 
     def _make(self, label: str) -> list[str]:
         from scopecheck.kernels import build as kb
 
         make_vars, _ = kb._toolchain(self.llvm)
         log = self.build_dir / SERIES_LOG
-        run = kb._Runner(log, _env(), self.progress)
+        run = kb._Runner(log, _env(self.llvm), self.progress)
         compiled: list[str] = []
         try:
             run.note(f"===== {label} ({time.strftime('%Y-%m-%d %H:%M:%S')})")
-            make = ["make", "-C", str(self.tree), f"O={self.build_dir}", *make_vars, *self.cc_vars]
+            make = ["make", "-C", str(self.tree), f"O={self.build_dir}", *make_vars]
             rc, lines = run.run(f"{label}: make", make + [f"-j{self.jobs}", "vmlinux", "Image"], self.tree,
                                 check=False)
             if rc != 0:
@@ -214,9 +255,27 @@ class Workdir:
             run.run(f"{label}: compile_commands.json",
                     [sys.executable, str(script), "-d", str(self.build_dir), "-o",
                      str(self.build_dir / "compile_commands.json")], self.build_dir)
+            self._relocate()
         finally:
             run.close()
         return compiled
+
+    def _relocate(self) -> None:
+        """After a make in a seeded build directory: the kept objects' paths, rewritten in the DWARF."""
+        from types import SimpleNamespace
+
+        from scopecheck.kernels import seed
+
+        origin = self._state().get("seeded_from")
+        if not origin:
+            return
+        base = SimpleNamespace(source_dir=origin["source_dir"], out=origin["out"])
+        files = [self.build_dir / "vmlinux", self.build_dir / "arch/arm64/kvm/hyp/nvhe/kvm_nvhe.o"]
+        seed.relocate_debug_info(base, self.tree, self.build_dir, files)
+        stale = seed.stale_paths(base, files)
+        if stale:
+            raise ScopecheckError(f"{', '.join(stale)} still name {origin['out']} after debugedit; "
+                                  f"remove {self.root} to start the series work directory afresh")
 
 
 def workdir_key(source, config: str, llvm: bool) -> str:
@@ -228,7 +287,7 @@ def workdir_key(source, config: str, llvm: bool) -> str:
     else:
         cfg = ["file", hashlib.sha256(Path(config).read_bytes()).hexdigest(), kb.DEBUG_OVERLAY]
     parts = [WORKDIR_VERSION, kb.RECIPE_VERSION, source.identity, cfg, kb._toolchain(llvm)[1],
-             list(kb.pahole_version() or ()), llvm, ccache_vars(llvm)]
+             list(kb.pahole_version() or ()), llvm, _has_ccache()]
     return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:20]
 
 
