@@ -254,7 +254,9 @@ def build_cmd(
             help="Patch (-p1) applied to a copy of SRC before building; repeatable, applied in order. "
             "A git format-patch file, a mail saved from a list (quoted-printable/base64 bodies are "
             "decoded) or a plain diff. Applied exactly (no fuzz); one that does not apply names its first "
-            "failing hunk. SRC itself is never modified.",
+            "failing hunk. SRC itself is never modified. Without --out, when the cache holds the build "
+            "of SRC itself (same config and compiler) and debugedit is installed, that build is copied and "
+            "only what the patches touch is recompiled.",
         ),
     ] = None,
     mbox: Annotated[
