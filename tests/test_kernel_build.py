@@ -282,8 +282,18 @@ def test_missing_cross_compiler(tmp_path, src61):
 
 
 def test_missing_llvm(tmp_path, src61, monkeypatch):
-    if shutil.which("clang"):
-        pytest.skip("clang is installed")
+    """--llvm on a PATH without clang (the build tools and gcc are there): one line, exit 2."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    for prog in ("make", "flex", "bison", "bc", "perl", "python3", "tar", "patch", "sh", "git", kb.CROSS_GCC):
+        path = shutil.which(prog)
+        if path:
+            os.symlink(path, bindir / prog)
+    r = run_cli("kernel", "build", str(src61.dir), "--llvm", "--out", str(tmp_path / "out"),
+                env={"PATH": str(bindir)})
+    _one_line_error(r, "clang")
+    assert not (tmp_path / "out" / kb.STAMP).exists()
+    monkeypatch.setenv("PATH", str(bindir))
     with pytest.raises(ToolMissing, match="clang"):
         kb.build_kernel(src61.dir, tmp_path / "out", llvm=True)
 

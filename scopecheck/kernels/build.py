@@ -927,8 +927,7 @@ def build_kernel(
     True/False = force.
     When ``out`` holds a completed build of the same tree, config and toolchain,
     its ``.config`` is kept and ``make`` rebuilds only what changed.
-    ``extra_make_vars``: more ``VAR=value`` arguments for every make call
-    (``scopecheck series`` passes ``CC=ccache aarch64-linux-gnu-gcc``).
+    ``extra_make_vars``: more ``VAR=value`` arguments for every make call.
     ``seeded_from``: ``out`` is a copy of that build made by
     :func:`scopecheck.kernels.seed.seed_out`; its ``.config`` is kept and the DWARF
     of what ``make`` did not recompile is relocated afterwards.
@@ -1130,15 +1129,15 @@ def cached_build(
     complete once ``scopecheck-build.json`` is written (last); concurrent
     callers wait on a lock.
     """
-    key, source = build_key(src, config, patches, llvm, progress)
-    base = cache_dir("builds")
-    name = f"{config if config in CONFIG_NAMES else 'file'}-{source.version}-{key}"
-    out = base / name
-    with _lock(base / ".locks" / f"{name}.lock"):
+    out, source = cached_build_dir(src, config, patches, llvm, progress)
+    with _lock(out.parent / ".locks" / f"{out.name}.lock"):
         done = load_build(out)
         if done is not None:
             return done
-        seeded = _seed_from_unpatched(src, source, config, patches, llvm, out, progress)
+        seeded = None
+        if patches and not out.exists():
+            seeded = seed_from_cache(src, source, config, llvm, lambda: prepare_tree(source, patches, progress),
+                                     out, progress)
         if seeded is not None:
             try:
                 return build_kernel(src, out, config=config, jobs=jobs, patches=patches, llvm=llvm,
@@ -1151,27 +1150,32 @@ def cached_build(
                             ccache=ccache)
 
 
-def _seed_from_unpatched(src, source: SourceTree, config: str, patches, llvm: bool, out: Path,
-                         progress: Optional[Progress]) -> Optional[BuiltKernel]:
-    """For a patched build: copy the cached build of the unpatched source into ``out``, when there is one.
+def cached_build_dir(src: os.PathLike | str, config: str = "pkvm-tiny", patches: Sequence[os.PathLike | str] = (),
+                     llvm: bool = False, progress: Optional[Progress] = None) -> tuple[Path, SourceTree]:
+    """Where :func:`cached_build` puts (or finds) that build, and SRC resolved."""
+    key, source = build_key(src, config, patches, llvm, progress)
+    return cache_dir("builds") / f"{config if config in CONFIG_NAMES else 'file'}-{source.version}-{key}", source
 
-    Returns that build (``out`` now a copy of it, paths rewritten), or None (nothing done:
-    no patches, no such build in the cache, ``out`` already exists, or no debugedit).
+
+def seed_from_cache(src, source: SourceTree, config: str, llvm: bool, tree: Callable[[], Path], out: Path,
+                    progress: Optional[Progress] = None) -> Optional[BuiltKernel]:
+    """Copy the cached build of SRC itself (no patches, same config and compiler) into ``out``,
+    rewritten for the tree ``tree()`` (a copy of SRC), to be rebuilt there incrementally.
+
+    Returns that build (pass it to :func:`build_kernel` as ``seeded_from``), or None with
+    nothing done: no such build in the cache, or no debugedit (:mod:`scopecheck.kernels.seed`).
     """
     from scopecheck.kernels import seed
 
-    if not patches or out.exists():
-        return None
-    key, _ = build_key(src, config, (), llvm, progress)
-    base_out = cache_dir("builds") / f"{config if config in CONFIG_NAMES else 'file'}-{source.version}-{key}"
-    with _lock(cache_dir("builds") / ".locks" / f"{base_out.name}.lock"):
+    base_out, _ = cached_build_dir(src, config, (), llvm, progress)
+    with _lock(base_out.parent / ".locks" / f"{base_out.name}.lock"):
         base = load_build(base_out)
         if base is None or Path(base.source_dir).resolve() != source.dir.resolve():
             return None
-        tree = prepare_tree(source, patches, progress)
-        if not seed.can_seed(base, tree):
+        t = tree()
+        if not seed.can_seed(base, t):
             return None
-        seed.seed_out(base, tree, out, progress)
+        seed.seed_out(base, t, out, progress)
     return base
 
 

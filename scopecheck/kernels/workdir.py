@@ -216,22 +216,9 @@ class Workdir:
     def _seed(self):
         """Copy the cached build of SRC (same config and compiler) into ``build_dir``; that build, or None."""
         from scopecheck.kernels import build as kb
-        from scopecheck.kernels import seed
 
-        try:
-            key, _ = kb.build_key(self.source.given, self.config, (), self.llvm)
-        except ScopecheckError:
-            return None
-        name = f"{self.config if self.config in kb.CONFIG_NAMES else 'file'}-{self.source.version}-{key}"
-        base_out = cache_dir("builds") / name
-        with kb._lock(cache_dir("builds") / ".locks" / f"{name}.lock"):
-            base = kb.load_build(base_out)
-            if base is None or Path(base.source_dir).resolve() != self.source.dir.resolve():
-                return None
-            if not seed.can_seed(base, self.tree):
-                return None
-            seed.seed_out(base, self.tree, self.build_dir, self.progress)
-        return base
+        return kb.seed_from_cache(self.source.given, self.source, self.config, self.llvm, lambda: self.tree,
+                                  self.build_dir, self.progress)
 
     def _make(self, label: str) -> list[str]:
         from scopecheck.kernels import build as kb
