@@ -61,7 +61,8 @@ def series_cmd(
                                          "on with the next patch; exit 2 at the end."),
     jobs: Optional[int] = typer.Option(None, "--jobs", "-j", min=1, help="Parallel make jobs [default: CPUs]."),
     llvm: bool = typer.Option(False, "--llvm", help="Build with clang/LLVM (LLVM=1)."),
-    cache: bool = typer.Option(True, "--cache/--no-cache", help="Use the layout and source caches."),
+    cache: bool = typer.Option(True, "--cache/--no-cache",
+                               help="Use the layout and source caches and the analyses of earlier series steps."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress on stderr."),
 ) -> None:
     """Judge a patch series patch by patch: incremental builds, new and removed leaks per patch, the first regression."""

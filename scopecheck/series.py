@@ -7,9 +7,10 @@
     r = run_series("linux-source-6.1.tar.xz", read_patches(["0001-a.patch", "0002-b.patch"]))
     r.first_regression, [s.new_leaks for s in r.steps]
 
-SRC is built once as it is (the *base*), then the patches are applied one at a time
-to one copy of it (:mod:`scopecheck.kernels.workdir`) and the build directory is
-rebuilt incrementally after each. After every build the same analysis runs: struct
+SRC as it is is the *base*: analysed in the build cache's build of SRC when ``kernel build``
+made one (same config and compiler), else built once in the work directory. Then the
+patches are applied one at a time to one copy of SRC (:mod:`scopecheck.kernels.workdir`)
+and the build directory is rebuilt incrementally after each. After every build the same analysis runs: struct
 sizes from DWARF (:mod:`scopecheck.size`), the scope proof (:func:`scopecheck.proof.prove`,
 whose source facts are cached per translation unit and keyed by the contents of the
 file and of every header it includes, so only the units a patch changed are parsed
@@ -18,6 +19,14 @@ Each step is compared with the last state that built: ``new_leaks`` and
 ``removed_leaks`` (by leak fingerprint: query, function, file, field, kind; not the
 line, which unrelated edits move), fields newly touched or no longer touched, struct
 size changes.
+
+Each step's analysis is kept (``cache_dir("series")/steps``), keyed by SRC's identity, the
+config, the compiler, the query, scopecheck's code and the diffs of the patches applied so
+far. A later series that reaches the same tree (a rerun, v2 of a series whose first patches
+did not change, the same series as an mbox) reuses it: the patch is still applied, nothing
+is built or analysed for that step (``reused: "analysis"``), and the next step that is built
+catches up on everything applied since the last build. ``use_cache=False`` neither reads nor
+keeps these analyses.
 
 A step fails when its patch does not apply or the kernel does not build; the series
 stops there (:class:`SeriesFailed`, exit 2) unless ``keep_going``, which records the
@@ -39,6 +48,8 @@ from scopecheck.errors import InputError, ScopecheckError
 
 SCHEMA_VERSION = 1
 SIZE_STRUCTS = ("kvm_vcpu", "kvm_cpu_context")
+#: bump when :class:`Snapshot` or what goes into a step's key changes
+STEP_CACHE_VERSION = 1
 
 Progress = Callable[[str, Optional[int], Optional[int]], None]
 
@@ -120,6 +131,77 @@ def analyse(build_dir: Path, query: str, *, use_cache: bool = True, progress=Non
                     history_row=row_from(data), mode=proof.mode)
 
 
+# ---------------------------------------------------------------- analyses kept between runs
+
+def step_key(workdir_key: str, query, applied: Sequence) -> str:
+    """The key of the tree SRC + ``applied`` (the patches applied so far, in order) under ``query``:
+    the work directory's key (SRC's identity, config, compiler), the query's whole definition,
+    each patch's diff and scopecheck's code (:func:`scopecheck.cache.key`)."""
+    from scopecheck import cache
+
+    return cache.key("series-step", STEP_CACHE_VERSION, workdir_key, repr(query), [p.sha256 for p in applied])
+
+
+def _snapshot_path(key: str) -> Path:
+    from scopecheck.paths import cache_dir
+
+    return cache_dir("series") / "steps" / f"{key}.json"
+
+
+def load_snapshot(key: str) -> Optional[Snapshot]:
+    """The kept analysis of that tree, or None (none kept, or unreadable: then it is analysed again)."""
+    import dataclasses
+    import json
+
+    p = _snapshot_path(key)
+    try:
+        d = json.loads(p.read_text())
+        if d.pop("step_cache_version", None) != STEP_CACHE_VERSION:
+            return None
+        if d.get("narrowable") is not None:
+            d["narrowable"] = set(d["narrowable"])
+        snap = Snapshot(**d)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, TypeError) as e:
+        from scopecheck import cache
+
+        cache.report_bad(p, str(e))
+        return None
+    from scopecheck import cache
+
+    cache.touch(p)
+    row = dict(snap.history_row)
+    row["timestamp"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    return dataclasses.replace(snap, tus_parsed=0, tus_cached=0, history_row=row)
+
+
+def save_snapshot(key: str, snap: Snapshot) -> None:
+    import dataclasses
+    import json
+
+    from scopecheck import cache
+    from scopecheck.paths import atomic_write_text
+
+    d = dataclasses.asdict(snap)
+    if d["narrowable"] is not None:
+        d["narrowable"] = sorted(d["narrowable"])
+    p = _snapshot_path(key)
+    atomic_write_text(p, json.dumps({"step_cache_version": STEP_CACHE_VERSION, **d}) + "\n")
+    cache.prune(p.parent)
+
+
+def _cached_base(src, source, config: str, llvm: bool, progress):
+    """The build cache's build of SRC itself (same config and compiler), or None."""
+    from scopecheck.kernels.build import cached_build_dir, load_build
+
+    out, _ = cached_build_dir(src, config, (), llvm, progress)
+    k = load_build(out)
+    if k is None or Path(k.source_dir).resolve() != source.dir.resolve():
+        return None
+    return k
+
+
 # ---------------------------------------------------------------- steps and the result
 
 @dataclass
@@ -135,6 +217,10 @@ class Step:
     analysis_seconds: float = 0.0
     state: Optional[Snapshot] = None
     before: Optional[Snapshot] = None  # the last state that built, before this step
+    #: None: built and analysed in this run; "build": the base is the build cache's build of SRC,
+    #: analysed as it is; "analysis": an earlier series analysed the same tree (same SRC, config,
+    #: compiler, query, scopecheck and patches up to here) and its analysis is reused, nothing built
+    reused: Optional[str] = None
 
     @property
     def seconds(self) -> float:
@@ -231,12 +317,12 @@ def run_series(src, patches: Sequence, *, config: str = "pkvm-tiny", query: str 
                notes: Sequence[str] = ()) -> SeriesResult:
     """Build and analyse SRC, then each patch on top (see the module doc); SeriesFailed on a failed step."""
     from scopecheck.kernels.build import BuildFailed, PatchFailed, _precheck_source, resolve_source
-    from scopecheck.kernels.workdir import open_workdir
+    from scopecheck.kernels.workdir import open_workdir, workdir_key
     from scopecheck.query import load_query
 
     if not patches:
         raise InputError("series: no patches (give PATCH files, --mbox FILE or --range A..B)")
-    load_query(query)  # a bad --query fails before the long work
+    q = load_query(query)  # a bad --query fails before the long work
     if source is None:
         _precheck_source(src)
         source = resolve_source(src, progress)
@@ -249,15 +335,26 @@ def run_series(src, patches: Sequence, *, config: str = "pkvm-tiny", query: str 
         restored = wd.reset()
         if restored:
             say(f"restored {len(restored)} file(s) an earlier series had patched")
+        wkey = workdir_key(source, config, llvm)
         base = Step(0, None)
         t = time.monotonic()
-        b = wd.build("base")  # a failing base build is an error of SRC: BuildFailed, exit 2
-        base.build_seconds, base.full_build, base.compiled = round(time.monotonic() - t, 1), b.full, b.compiled
-        t = time.monotonic()
-        base.state = analyse(wd.build_dir, query, use_cache=use_cache, progress=progress)
+        cached = _cached_base(src, source, config, llvm, progress)
+        if cached is not None:  # SRC as it is is built already: analysed there, nothing built here
+            from scopecheck.kernels.build import _lock
+
+            base.reused = "build"
+            result.notes.append(f"base: the build cache's build of SRC ({cached.out})")
+            with _lock(Path(cached.out).parent / ".locks" / f"{Path(cached.out).name}.lock"):
+                base.state = analyse(cached.out, query, use_cache=use_cache, progress=progress)
+        else:
+            b = wd.build("base")  # a failing base build is an error of SRC: BuildFailed, exit 2
+            base.build_seconds, base.full_build, base.compiled = round(time.monotonic() - t, 1), b.full, b.compiled
+            t = time.monotonic()
+            base.state = analyse(wd.build_dir, query, use_cache=use_cache, progress=progress)
         base.analysis_seconds = round(time.monotonic() - t, 1)
         result.steps.append(base)
         last = base.state
+        applied: list = []  # the patches applied so far (a patch that did not apply is not)
         n = len(patches)
         for i, patch in enumerate(patches, 1):
             st = Step(i, patch, before=last)
@@ -273,6 +370,14 @@ def run_series(src, patches: Sequence, *, config: str = "pkvm-tiny", query: str 
                     continue
                 raise SeriesFailed(f"step {i}/{n}: {e}", result) from None
             st.apply_seconds = round(time.monotonic() - t, 1)
+            applied.append(patch)
+            key = step_key(wkey, q, applied)
+            kept = load_snapshot(key) if use_cache else None
+            if kept is not None:  # this very tree was analysed before: the next build catches up
+                say(f"[{i}/{n}] analysed before (same SRC, config, compiler, query and patches): reused")
+                st.state, st.reused = kept, "analysis"
+                last = kept
+                continue
             say(f"[{i}/{n}] building")
             t = time.monotonic()
             try:
@@ -290,6 +395,8 @@ def run_series(src, patches: Sequence, *, config: str = "pkvm-tiny", query: str 
             t = time.monotonic()
             st.state = analyse(wd.build_dir, query, use_cache=use_cache, progress=progress)
             st.analysis_seconds = round(time.monotonic() - t, 1)
+            if use_cache:
+                save_snapshot(key, st.state)
             last = st.state
     return result
 

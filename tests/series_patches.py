@@ -12,6 +12,7 @@ The leak series (``leak_series``):
 2. ``add-leak``: ``__kvm_vcpu_run`` reads ``vcpu->vcpu_id`` (outside it: a new leak);
 3. ``remove-leak``: takes that read out again (the leak is removed).
 
+``after_leak``: a harmless patch on top of patch 2 (a second comment, its own nonce).
 ``bad_apply``: a patch whose context is not in switch.c. ``breaks_build``: a patch that
 uses an undeclared identifier in ``__kvm_vcpu_run``.
 
@@ -98,6 +99,16 @@ def leak_series(tree: Path, dest: Path, nonce: str = "") -> list[Path]:
         p.write_text(_mail(i, len(specs), subject, body, diff, f"{i:040x}"))
         out.append(p)
     return out
+
+
+def after_leak(tree: Path, dest: Path, nonce: str, extra: str) -> Path:
+    """A harmless patch 3' on top of the leak series' patch 2: one more comment (``extra``) in
+    ``__kvm_vcpu_run``; the vcpu_id read stays."""
+    st = _states(tree, nonce)
+    after = _insert_after(st["leak"], f"\t/* scopecheck-series: after the leak {extra} */\n")
+    dest.write_text(_mail(3, 3, "KVM: arm64: nVHE: comment after the vcpu id", "Harmless.",
+                          _diff(SWITCH_C, st["leak"], after), "d" * 40))
+    return dest
 
 
 def as_mbox(patches: list[Path], dest: Path, seed: int = 14) -> Path:

@@ -29,9 +29,11 @@ def step_dict(s: Step) -> dict:
         "apply_seconds": s.apply_seconds,
         "build_seconds": s.build_seconds,
         "analysis_seconds": s.analysis_seconds,
-        "incremental": (not s.full_build) if s.status != "patch-failed" else None,
+        "reused": s.reused,
+        "incremental": (not s.full_build) if s.status != "patch-failed" and s.reused is None else None,
         "compiled": list(s.compiled),
         "tus_parsed": st.tus_parsed if st else None,
+        "tus_cached": st.tus_cached if st else None,
         "sizes": dict(st.sizes) if st else None,
         "size_change": s.size_change(),
         "leaks": st.leak_count if st else None,
@@ -111,7 +113,7 @@ def text(r: SeriesResult) -> str:
                                      (str(nw["narrowable"]) if "change" not in nw else _signed(nw["change"])))
         subj = d["subject"] if len(d["subject"]) <= 48 else d["subject"][:47] + "\u2026"
         rows.append((str(s.index), d["patch"] or "(base)", subj, s.status, str(len(d["files"])),
-                     f"{s.build_seconds:.1f}" + (" full" if s.full_build else ""), f"{s.analysis_seconds:.1f}",
+                     _build_cell(s), f"{s.analysis_seconds:.1f}",
                      vcpu, ctxt, "-" if d["leaks"] is None else str(d["leaks"]), new, removed, fields, narrow))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     out = []
@@ -141,6 +143,14 @@ def text(r: SeriesResult) -> str:
 
 
 # ---------------------------------------------------------------- --out DIR
+
+def _build_cell(s: Step) -> str:
+    if s.reused == "analysis":
+        return "reused"
+    if s.reused == "build":
+        return "cached"
+    return f"{s.build_seconds:.1f}" + (" full" if s.full_build else "")
+
 
 def _trend_rows(r: SeriesResult) -> list[dict]:
     rows = []
