@@ -48,3 +48,20 @@ def vmlinux_612() -> Path:
     from kernel_cache import debian_vmlinux
 
     return debian_vmlinux("6.12")
+
+
+# ---------------------------------------------------------------- summary lines
+# A test that has a line for the session summary (the fuzz tally) records it with
+# record_property("summary_line", ...): the report reaches this process from a pytest-xdist
+# worker too, where a print would be lost.
+_SUMMARY: list[str] = []
+
+
+def pytest_runtest_logreport(report):
+    if report.when == "call":
+        _SUMMARY.extend(v for k, v in report.user_properties if k == "summary_line")
+
+
+def pytest_terminal_summary(terminalreporter):
+    for line in _SUMMARY:
+        terminalreporter.write_line(line)

@@ -306,12 +306,12 @@ def test_missing_pahole_names_its_package(tmp_path):
 
 # ---------------------------------------------------------------- 5. the summary line
 
-def test_zz_summary(capsys):
-    """``fuzz: N cases, crashes 0, hangs 0, peak RSS M MB`` over every fuzz case above (always shown)."""
+def test_zz_summary(record_property):
+    """``fuzz: N cases, crashes 0, hangs 0, peak RSS M MB`` over every fuzz case above (always shown:
+    conftest.py prints it in the session summary, from whichever worker process ran this file)."""
     TALLY.peak_rss_mb = max(TALLY.peak_rss_mb, peak_rss_mb())
     line = TALLY.summary()
-    with capsys.disabled():
-        print(f"\n{line}")
+    record_property("summary_line", line)
     if TALLY.cases == 0:
         pytest.skip("no fuzz test ran in this session")
     assert TALLY.crashes == 0 and TALLY.hangs == 0, [f.line() for f in TALLY.failures[:20]]

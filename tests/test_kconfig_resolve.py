@@ -277,6 +277,16 @@ def test_fragment_sections():
 # --------------------------------------------------------------------------- real trees (6.1, 6.12)
 
 
+_CONFIGURED: dict = {}
+
+
+def _configured(tmp_path_factory, series: str, llvm: bool) -> tuple[dict, dict]:
+    """:func:`_configure_only` of pkvm-tiny, once per session for each tree and compiler (two tests read it)."""
+    if (series, llvm) not in _CONFIGURED:
+        _CONFIGURED[series, llvm] = _configure_only(tmp_path_factory.mktemp("configure"), series, llvm)
+    return _CONFIGURED[series, llvm]
+
+
 def _configure_only(tmp_path: Path, series: str, llvm: bool, config: str = "pkvm-tiny") -> tuple[dict, dict]:
     """kernel build's config stage alone (tinyconfig, the resolver, merge, olddefconfig) in a fresh O=."""
     import build_cache
@@ -303,8 +313,8 @@ def _configure_only(tmp_path: Path, series: str, llvm: bool, config: str = "pkvm
 
 @pytest.mark.kernel
 @pytest.mark.parametrize("series,llvm", [("6.1", False), ("6.12", False), ("6.12", True)])
-def test_pkvm_tiny_resolution_on_debian_trees(tmp_path, series, llvm):
-    rec, cfg = _configure_only(tmp_path, series, llvm)
+def test_pkvm_tiny_resolution_on_debian_trees(tmp_path_factory, series, llvm):
+    rec, cfg = _configured(tmp_path_factory, series, llvm)
     assert rec["olddefconfig_disagrees"] == [], "the resolver predicted what olddefconfig did"
     assert rec["debug_info"] == "DWARF 5" and rec["btf"] is True, rec["choices"]
     assert rec["choices"][:2] == ["debug info: DWARF 5", "BTF: yes"]
@@ -315,12 +325,12 @@ def test_pkvm_tiny_resolution_on_debian_trees(tmp_path, series, llvm):
 
 
 @pytest.mark.kernel
-def test_61_resolution_reproduces_the_cached_build(tmp_path):
+def test_61_resolution_reproduces_the_cached_build(tmp_path_factory):
     """The resolver changes nothing where scopecheck's fragment already stuck: same .config as the cached build."""
     import build_cache
 
     k = build_cache.pkvm_tiny_61()
-    _, cfg = _configure_only(tmp_path, "6.1", False)
+    _, cfg = _configured(tmp_path_factory, "6.1", False)
     cached = kb._parse_config(Path(k.config_path).read_text())
     diff = {o: (cached.get(o), cfg.get(o)) for o in set(cached) | set(cfg)
             if cached.get(o, "n") != cfg.get(o, "n") and o != "CONFIG_CC_VERSION_TEXT"}

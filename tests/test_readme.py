@@ -54,8 +54,9 @@ def blocks(text: str):
 
 
 def run(cmd: str) -> subprocess.CompletedProcess:
+    # an example may build a kernel, or wait on the cache's lock while another worker builds it
     return subprocess.run(["bash", "-c", "set -o pipefail; " + cmd], capture_output=True, text=True,
-                          cwd=ROOT, env=_env(), timeout=900)
+                          cwd=ROOT, env=_env(), timeout=2700)
 
 
 def _normalize(s: str) -> list[str]:
