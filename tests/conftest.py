@@ -50,6 +50,19 @@ def vmlinux_612() -> Path:
     return debian_vmlinux("6.12")
 
 
+# ---------------------------------------------------------------- the longest files first
+# pytest-xdist hands whole files to workers in collection order: the few files that run for
+# minutes (real builds, 10,000 fuzz cases, kernel configs) start first, so that the short ones
+# fill in around them instead of one long file starting last.
+_LONG_FILES = ("test_fuzz.py", "test_series.py", "test_kconfig_resolve.py", "test_kernel_build.py",
+               "test_install.py", "test_mutations.py", "test_narrow.py", "test_boundary_612.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(_LONG_FILES)}
+    items.sort(key=lambda it: rank.get(it.path.name, len(rank)))  # stable: order within a file kept
+
+
 # ---------------------------------------------------------------- summary lines
 # A test that has a line for the session summary (the fuzz tally) records it with
 # record_property("summary_line", ...): the report reaches this process from a pytest-xdist
