@@ -223,6 +223,29 @@ def test_patched_build_has_injected_function(tmp_path, src61, tiny61):
     assert INJECTED not in (src61.dir / HYP_FILE).read_text()
 
 
+def test_without_debugedit_a_patched_build_says_why_it_is_not_seeded(tmp_path, src61, tiny61, monkeypatch):
+    """The cache holds the build of SRC, debugedit is missing: nothing is copied, and the reason is
+    one line for the build's notes and progress (the patched build is then made from nothing)."""
+    from scopecheck.kernels.build import seed_from_cache
+
+    bindir = tmp_path / "bin"  # every tool on PATH but debugedit
+    bindir.mkdir()
+    for d in os.environ["PATH"].split(os.pathsep):
+        for exe in Path(d).glob("*") if Path(d).is_dir() else ():
+            if exe.name != "debugedit" and not (bindir / exe.name).exists():
+                (bindir / exe.name).symlink_to(exe)
+    monkeypatch.setenv("PATH", str(bindir))
+    assert shutil.which("debugedit") is None
+    called = []
+    why: list[str] = []
+    out = tmp_path / "out"
+    got = seed_from_cache(src61.given, src61, "pkvm-tiny", False, lambda: called.append(1) or tmp_path, out, None,
+                          why)
+    assert got is None and not out.exists() and called == []
+    assert len(why) == 1 and why[0].startswith("built from nothing: the cache's build of SRC (")
+    assert str(tiny61.out) in why[0] and "debugedit (Debian package debugedit) is not installed" in why[0]
+
+
 def test_patched_build_is_an_incremental_copy_that_names_only_itself(tmp_path, src61, tiny61):
     """The patched build starts from a copy of the unpatched one; its DWARF names only its own tree and out."""
     from elftools.elf.elffile import ELFFile

@@ -190,6 +190,8 @@ class BuiltKernel:
     ccache: bool = False
     reused_config: bool = False  # an existing build directory's .config was kept (incremental rebuild)
     seeded_from: str = ""  # the build directory this one was copied from and rebuilt incrementally
+    #: a seeded build: the kbuild "CC" targets make recompiled in the copy (empty otherwise)
+    recompiled: tuple[str, ...] = ()
 
     @property
     def artefacts(self) -> dict[str, Path]:
@@ -915,6 +917,7 @@ def build_kernel(
     ccache: Optional[bool] = None,
     extra_make_vars: Sequence[str] = (),
     seeded_from: Optional[BuiltKernel] = None,
+    extra_notes: Sequence[str] = (),
 ) -> BuiltKernel:
     """Cross-build arm64 ``vmlinux``, ``Image``, ``kvm_nvhe.o`` and ``compile_commands.json`` into ``out``.
 
@@ -931,6 +934,7 @@ def build_kernel(
     ``seeded_from``: ``out`` is a copy of that build made by
     :func:`scopecheck.kernels.seed.seed_out`; its ``.config`` is kept and the DWARF
     of what ``make`` did not recompile is relocated afterwards.
+    ``extra_notes``: lines for the build's ``notes`` (e.g. why it could not be seeded).
     Raises :class:`ScopecheckError` subclasses (InputError, ToolMissing,
     PatchFailed, ConfigNotApplied, BuildFailed) with one-line messages.
     """
@@ -974,7 +978,8 @@ def build_kernel(
     log = out / LOG
     log.write_text("")
 
-    notes: list[str] = []
+    notes: list[str] = list(extra_notes)
+    recompiled: list[str] = []
     want_btf = btf is not False
     if want_btf:
         ok, why = _btf_possible()
@@ -1015,9 +1020,10 @@ def build_kernel(
             rc, lines = run.run("build", make + [f"-j{jobs}", "vmlinux", "Image"], tree, check=False)
             if rc == 0:
                 if seeded_from is not None:
-                    n = sum(1 for line in lines if (m := _KBUILD_LINE.match(line)) and m.group(1) == "CC")
+                    recompiled = [m.group(2).strip() for line in lines
+                                  if (m := _KBUILD_LINE.match(line)) and m.group(1) == "CC"]
                     notes.append(f"rebuilt incrementally from a copy of {seeded_from.out} "
-                                 f"({n} C file(s) recompiled; debug info relocated with debugedit)")
+                                 f"({len(recompiled)} C file(s) recompiled; debug info relocated with debugedit)")
                 break
             if want_btf and _btf_failure(lines) and (not reuse_config or kconfig_rec.get("btf")):
                 reuse_config = False
@@ -1079,7 +1085,7 @@ def build_kernel(
         stale = seed.stale_paths(seeded_from, dwarf)
         if stale:
             raise StaleSeed(f"{', '.join(stale)} still name {seeded_from.out} after debugedit")
-        k = dataclasses.replace(k, seeded_from=str(seeded_from.out))
+        k = dataclasses.replace(k, seeded_from=str(seeded_from.out), recompiled=tuple(recompiled))
     atomic_write_text(out / STAMP, json.dumps({**k.to_json(), "stamp_format": STAMP_FORMAT,
                                                "config_fingerprint": fingerprint}, indent=2) + "\n")
     if progress:
@@ -1135,9 +1141,12 @@ def cached_build(
         if done is not None:
             return done
         seeded = None
+        why: list[str] = []
         if patches and not out.exists():
             seeded = seed_from_cache(src, source, config, llvm, lambda: prepare_tree(source, patches, progress),
-                                     out, progress)
+                                     out, progress, why)
+            if why and progress:
+                progress(why[0], None, None)
         if seeded is not None:
             try:
                 return build_kernel(src, out, config=config, jobs=jobs, patches=patches, llvm=llvm,
@@ -1147,7 +1156,7 @@ def cached_build(
                     progress(f"incremental build unusable ({e}); building from nothing", None, None)
                 shutil.rmtree(out, ignore_errors=True)
         return build_kernel(src, out, config=config, jobs=jobs, patches=patches, llvm=llvm, progress=progress,
-                            ccache=ccache)
+                            ccache=ccache, extra_notes=why)
 
 
 def cached_build_dir(src: os.PathLike | str, config: str = "pkvm-tiny", patches: Sequence[os.PathLike | str] = (),
@@ -1158,12 +1167,13 @@ def cached_build_dir(src: os.PathLike | str, config: str = "pkvm-tiny", patches:
 
 
 def seed_from_cache(src, source: SourceTree, config: str, llvm: bool, tree: Callable[[], Path], out: Path,
-                    progress: Optional[Progress] = None) -> Optional[BuiltKernel]:
+                    progress: Optional[Progress] = None, why: Optional[list] = None) -> Optional[BuiltKernel]:
     """Copy the cached build of SRC itself (no patches, same config and compiler) into ``out``,
     rewritten for the tree ``tree()`` (a copy of SRC), to be rebuilt there incrementally.
 
     Returns that build (pass it to :func:`build_kernel` as ``seeded_from``), or None with
     nothing done: no such build in the cache, or no debugedit (:mod:`scopecheck.kernels.seed`).
+    When there is such a build and it cannot be used, one line saying why is appended to ``why``.
     """
     from scopecheck.kernels import seed
 
@@ -1171,6 +1181,11 @@ def seed_from_cache(src, source: SourceTree, config: str, llvm: bool, tree: Call
     with _lock(base_out.parent / ".locks" / f"{base_out.name}.lock"):
         base = load_build(base_out)
         if base is None or Path(base.source_dir).resolve() != source.dir.resolve():
+            return None
+        if seed.debugedit() is None:
+            if why is not None:
+                why.append(f"built from nothing: the cache's build of SRC ({base.out}) could have been copied "
+                           "and rebuilt incrementally, but debugedit (Debian package debugedit) is not installed")
             return None
         t = tree()
         if not seed.can_seed(base, t):

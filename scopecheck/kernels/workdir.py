@@ -209,7 +209,7 @@ class Workdir:
                 self._save_state(st)
                 k = build_kernel(self.tree, self.build_dir, config=self.config, jobs=self.jobs, llvm=self.llvm,
                                  progress=self.progress)
-            return StepBuild(k, round(time.monotonic() - t0, 1), not seeded)
+            return StepBuild(k, round(time.monotonic() - t0, 1), not seeded, list(k.recompiled))
         compiled = self._make(label)
         return StepBuild(done, round(time.monotonic() - t0, 1), False, compiled)
 
@@ -217,8 +217,12 @@ class Workdir:
         """Copy the cached build of SRC (same config and compiler) into ``build_dir``; that build, or None."""
         from scopecheck.kernels import build as kb
 
-        return kb.seed_from_cache(self.source.given, self.source, self.config, self.llvm, lambda: self.tree,
-                                  self.build_dir, self.progress)
+        why: list[str] = []
+        base = kb.seed_from_cache(self.source.given, self.source, self.config, self.llvm, lambda: self.tree,
+                                  self.build_dir, self.progress, why)
+        for line in why:
+            self._say(line)
+        return base
 
     def _make(self, label: str) -> list[str]:
         from scopecheck.kernels import build as kb
