@@ -163,7 +163,7 @@ def load_snapshot(key: str) -> Optional[Snapshot]:
         snap = Snapshot(**d)
     except FileNotFoundError:
         return None
-    except (OSError, ValueError, TypeError) as e:
+    except (OSError, ValueError, TypeError, AttributeError) as e:  # AttributeError: JSON that is not an object
         from scopecheck import cache
 
         cache.report_bad(p, str(e))

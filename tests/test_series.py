@@ -270,6 +270,8 @@ def test_kept_analysis_round_trip_and_damage(tmp_path, monkeypatch):
     path = se._snapshot_path(key)
     path.write_text('{"step_cache_version": 1, "leaks": ')
     assert se.load_snapshot(key) is None and not path.exists()
+    path.write_text('[1, 2]')
+    assert se.load_snapshot(key) is None and not path.exists()
     # the key follows every patch applied so far, in order, and the query
     from scopecheck.kernels.patches import Patch
     from scopecheck.query import load_query
