@@ -22,3 +22,6 @@ class ToolMissing(ScopecheckError):
         super().__init__(f"{program} not found (install the Debian package '{package}')")
         self.program = program
         self.package = package
+
+    def __reduce__(self):  # raised in a worker process, it travels back whole
+        return (type(self), (self.program, self.package))

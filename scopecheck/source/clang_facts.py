@@ -380,13 +380,17 @@ def source_facts(commands: Iterable[CompileCommand], roots=DEFAULT_ROOTS, files=
     return start_source_facts(commands, roots, files, cache, progress, source_root).result()
 
 
+#: :meth:`PendingSourceFacts.first` when no worker ran the job
+NOT_RUN = object()
+
+
 class PendingSourceFacts:
     """:func:`source_facts` started: the translation units the cache lacks are parsed in worker
     processes while the caller does other work (the scope proof reads the binary meanwhile);
     :meth:`result` waits for them and merges. Workers are forked when it is made, from the
     calling thread."""
 
-    def __init__(self, cmds, roots, source_root, cache: bool, progress, also=None):
+    def __init__(self, cmds, roots, source_root, cache: bool, progress, also=None, first=None):
         self.cmds, self.roots, self.source_root, self.cache, self.progress = cmds, tuple(roots), source_root, cache, progress
         self.memo: dict = {}
         self._facts: SourceFacts | None = None
@@ -394,6 +398,9 @@ class PendingSourceFacts:
         self._futures: dict = {}
         #: (file, (function, arguments)): the hook the worker parsing that file runs (:meth:`also`)
         self._also = also
+        #: (function, arguments): a job for the first free worker, before any translation unit
+        #: (:meth:`first`); its future once submitted
+        self._first_job, self._first = first, None
         whole = _whole_path(cmds, self.roots, source_root, self.memo) if cache and _cache.enabled() else None
         if whole is not None:
             hit = _cache.read(whole)
@@ -425,6 +432,8 @@ class PendingSourceFacts:
             self._pool = cf.ProcessPoolExecutor(max_workers=min(os.cpu_count() or 1, len(todo)),
                                                 mp_context=mp.get_context("fork"))
             also_file = self._also[0] if self._also else None
+            if self._first_job is not None:
+                self._first = self._pool.submit(self._first_job[0], *self._first_job[1])
             # the hook's TU first: the caller waits for it while the others parse
             for c in sorted(todo, key=lambda c: (c.file != also_file, -_weight(c))):
                 self._futures[c.file, c.arguments] = self._pool.submit(
@@ -454,6 +463,19 @@ class PendingSourceFacts:
                 except (OSError, cf.process.BrokenProcessPool):
                     return None
         return None
+
+    def first(self):
+        """The result of the ``first`` job given to :func:`start_source_facts`, run by a worker
+        (its exception is raised here), or :data:`NOT_RUN` when no worker ran it (no workers:
+        everything came from the cache, one core, or a worker died): the caller runs it itself."""
+        import concurrent.futures as cf
+
+        if self._first is None:
+            return NOT_RUN
+        try:
+            return self._first.result()
+        except (OSError, cf.process.BrokenProcessPool, cf.CancelledError):
+            return NOT_RUN
 
     def _facts_of(self):
         """(command, TUFacts) in the commands' order."""
@@ -488,16 +510,19 @@ class PendingSourceFacts:
 
 def start_source_facts(commands: Iterable[CompileCommand], roots=DEFAULT_ROOTS, files=None, cache: bool = True,
                        progress: Callable[[str], None] | None = None, source_root=None,
-                       also: tuple | None = None) -> PendingSourceFacts:
+                       also: tuple | None = None, first: tuple | None = None) -> PendingSourceFacts:
     """:func:`source_facts`, started in the background: call ``.result()`` for the facts.
 
     ``also``: None, or ``(file, function, arguments)``: the worker that parses ``file`` also
     runs ``function(tu, *arguments)`` on its translation unit (a module-level function); ``.also()``
     gives the result (the scope proof reads the assembly's C context from the parse the C door
-    does anyway)."""
+    does anyway). ``first``: None, or ``(function, arguments)``: a module-level function the first
+    free worker runs before any translation unit; ``.first()`` gives its result (the scope proof
+    reads the binary there, so that no more processes compete than there are cores)."""
     cmds = [c for c in commands if not c.is_asm and c.file.endswith(".c") and _selected(c, files)]
     return PendingSourceFacts(cmds, roots, source_root, cache, progress,
-                              (also[0], (also[1], tuple(also[2]))) if also else None)
+                              (also[0], (also[1], tuple(also[2]))) if also else None,
+                              (first[0], tuple(first[1])) if first else None)
 
 
 def _whole_path(cmds, roots, source_root, memo) -> Path | None:
