@@ -288,17 +288,23 @@ def _binary_door(inp: Inputs, q: Query, use_cache: bool, step):
     or None) read from the ELF; the parameter types' keys are not normalised yet."""
     from scopecheck.binary.elf import ElfImage
     from scopecheck.binary.functions import hyp_functions
-    from scopecheck.layout import load_layouts
 
     cached = _binary_cache_load(inp.elf) if use_cache else None
     if cached is not None:
-        facts, b_acc, b_esc, b_stats = cached
-    else:
-        step("reading hyp functions from the binary")
-        with ElfImage(inp.elf) as elf:
-            elf.require_dwarf()
-            facts = hyp_functions(elf)
-        b_acc = b_esc = b_stats = None
+        return _binary_door_rest(inp, q, use_cache, step, None, cached)
+    step("reading hyp functions from the binary")
+    # one ElfImage for the functions and the machine accesses: the DIEs pyelftools parsed for
+    # the first are not parsed again for the second
+    with ElfImage(inp.elf) as elf:
+        elf.require_dwarf()
+        facts = hyp_functions(elf)
+        return _binary_door_rest(inp, q, use_cache, step, elf, (facts, None, None, None))
+
+
+def _binary_door_rest(inp: Inputs, q: Query, use_cache: bool, step, elf, got):
+    from scopecheck.layout import load_layouts
+
+    facts, b_acc, b_esc, b_stats = got
     if not facts.functions:
         raise InputError(f"{inp.elf}: no nVHE hyp code found (no __kvm_nvhe_ functions with DWARF)")
     layouts = {k: v for k, v in load_layouts(inp.elf, ROOTS, use_cache=use_cache).items() if v}
@@ -315,14 +321,14 @@ def _binary_door(inp: Inputs, q: Query, use_cache: bool, step):
         step("reading loads and stores of vcpu fields from the machine code")
         from scopecheck.binary.accesses import binary_accesses
 
-        b_acc, b_esc, b_stats = binary_accesses(inp.elf, facts, use_cache=use_cache)
+        b_acc, b_esc, b_stats = binary_accesses(elf, facts, use_cache=use_cache)
         if use_cache:
             _binary_cache_save(inp.elf, (facts, b_acc, b_esc, b_stats))
     params = None
     if q.only_param_type or "pkvm_hyp_vcpu" in (q.roots or ()):
         from scopecheck.binary.params import param_types
 
-        params = param_types(inp.elf, facts)
+        params = param_types(elf if elf is not None else inp.elf, facts)
         if params.unreadable:  # never silent: listed as unanalysed evidence
             b_stats = dict(b_stats) if isinstance(b_stats, dict) else {}
             b_stats["unanalysed"] = list(b_stats.get("unanalysed", ())) + params.unreadable

@@ -363,7 +363,10 @@ def uses_windows(elf: ElfImage) -> bool:
 
 
 def open_dwarf(elf: ElfImage):
-    """A pyelftools ``DWARFInfo`` for ``elf``; raises InputError without DWARF."""
+    """A pyelftools ``DWARFInfo`` for ``elf`` (one per image: later calls give the same one, whose
+    parsed DIEs are kept); raises InputError without DWARF."""
+    if elf.dwarf_info is not None:
+        return elf.dwarf_info
     elf.require_dwarf()
     if elf.is_relocatable and ".zdebug_info" in elf.sections:
         # pyelftools would apply .rela.zdebug_* to the compressed bytes
@@ -373,6 +376,7 @@ def open_dwarf(elf: ElfImage):
         dwarf = _windowed_dwarf(elf) if uses_windows(elf) else _pyelftools_dwarf(elf)
         fast_abbreviations(dwarf)
         _refuse_skeleton(elf, dwarf)
+        elf.dwarf_info = dwarf
         return dwarf
     except InputError:
         raise

@@ -83,6 +83,9 @@ class ElfImage:
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
+        #: the pyelftools DWARFInfo binary.dwarf.open_dwarf made for this image (kept, so that
+        #: the readers of one run share the DIEs pyelftools has parsed), or None
+        self.dwarf_info = None
         p = self.path
         from scopecheck.paths import check_input_file
 
@@ -200,6 +203,7 @@ class ElfImage:
             s.flags & SHF_COMPRESSED for n, s in self.sections.items() if n.startswith(".debug_"))
 
     def close(self) -> None:
+        self.dwarf_info = None
         m = getattr(self, "map", None)
         if m is not None:
             try:
