@@ -274,7 +274,7 @@ def build_cmd(
     use_ccache: Annotated[
         Optional[bool],
         typer.Option("--ccache/--no-ccache", show_default=False,
-                     help="Compile through ccache [default: when ccache is installed]."),
+                     help="Compile through ccache, the host tools too [default: when ccache is installed]."),
     ] = None,
     output_format: Annotated[
         OutputFormat,

@@ -12,6 +12,7 @@ prediction.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -302,7 +303,10 @@ def _configure_only(tmp_path: Path, series: str, llvm: bool, config: str = "pkvm
     make_vars, _ = kb._toolchain(llvm)
     out = tmp_path / f"out-{series}-{'llvm' if llvm else 'gcc'}"
     out.mkdir()
-    run = kb._Runner(out / kb.LOG, dict(os.environ, LC_ALL="C"), None)
+    env = dict(os.environ, LC_ALL="C")
+    if shutil.which("ccache"):  # as kernel build runs it: compilers (host ones too) through ccache
+        env["PATH"] = f"{kb._ccache_masquerade(llvm)}{os.pathsep}{env['PATH']}"
+    run = kb._Runner(out / kb.LOG, env, None)
     try:
         rec = kb._configure(run, tree, out, ["make", "-C", str(tree), f"O={out}", *make_vars], config, None,
                             btf=True)

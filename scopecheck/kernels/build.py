@@ -854,7 +854,9 @@ def _previous_build(out: Path) -> Optional[dict]:
 
 
 def _ccache_masquerade(llvm: bool) -> Path:
-    """A directory whose ``aarch64-linux-gnu-gcc`` / ``clang`` are links to ccache, for the front of PATH.
+    """A directory whose ``aarch64-linux-gnu-gcc`` and ``gcc`` (kbuild's HOSTCC) / ``clang`` (both
+    with LLVM=1) are links to ccache, for the front of PATH: the host tools every fresh build
+    directory compiles (fixdep, kconfig's conf, modpost) are cache hits too.
 
     ccache in masquerade mode runs the real compiler found further down PATH. Unlike
     ``CC="ccache gcc"`` this leaves kbuild's command lines (``.cmd`` files,
@@ -864,7 +866,7 @@ def _ccache_masquerade(llvm: bool) -> Path:
     real = Path(_need("ccache", "ccache")).resolve()
     d = cache_dir("ccache-bin")
     d.mkdir(parents=True, exist_ok=True)
-    for name in ("clang",) if llvm else (CROSS_GCC,):
+    for name in ("clang",) if llvm else (CROSS_GCC, "gcc"):
         link = d / name
         try:
             if link.is_symlink() and Path(os.readlink(link)) == real:
