@@ -231,7 +231,7 @@ def parse_tu(cmd: CompileCommand, roots=DEFAULT_ROOTS, source_root=None, also=No
     files: dict = {}
     nth: dict = {}
     var_nth: dict = {}
-    for kind, c, f, off in cx.top_level(tu):
+    for kind, c, f, off, line, col in cx.top_level(tu):
         if kind == cx.FUNCTION_DEFINITION:
             hk = _header_key(f, off, ctx, relroot, files, args_key, nth)
             hit = _HEADER_FUNCTIONS.get(hk) if hk is not None else None
@@ -239,7 +239,7 @@ def parse_tu(cmd: CompileCommand, roots=DEFAULT_ROOTS, source_root=None, also=No
                 if hk is not None and not ctx.worth_walking(c):
                     # a generic header function that never names a root (most of the ~5,000
                     # static inlines every hyp TU includes) gives only its SourceFunction record
-                    hit = (w.function_record(c, ctx), None)
+                    hit = (w.function_record(c, ctx, (f, line, col)), None)
                 else:
                     wk = walker_class()(c, ctx)
                     if wk.key in seen:

@@ -41,8 +41,8 @@ def _lib():
     # file locations with the file as a plain pointer; outputs not asked for are NULL
     for name in ("clang_getExpansionLocation", "clang_getFileLocation"):
         f = getattr(lib, name)
-        f.argtypes = [ci.SourceLocation, ctypes.POINTER(ctypes.c_void_p), ctypes.c_void_p, ctypes.c_void_p,
-                      ctypes.POINTER(ctypes.c_uint)]
+        f.argtypes = [ci.SourceLocation, ctypes.POINTER(ctypes.c_void_p), ctypes.POINTER(ctypes.c_uint),
+                      ctypes.POINTER(ctypes.c_uint), ctypes.POINTER(ctypes.c_uint)]
         f.restype = None
     return lib
 
@@ -102,22 +102,26 @@ def strip(c):
 
 
 _VISIT = None
+_CHILDREN = None
+
+
+def _append_child(child, _parent, data):
+    out, tu = data
+    child._tu = tu
+    out.append(child)
+    return 1  # CXChildVisit_Continue
 
 
 def children(c) -> list:
-    """The children of a cursor (like ``get_children`` without its per-child null-cursor check)."""
-    global _VISIT
-    if _VISIT is None:
+    """The children of a cursor (like ``get_children`` without its per-child null-cursor check,
+    through one callback made once rather than one per call: the walkers ask tens of thousands
+    of times per translation unit)."""
+    global _VISIT, _CHILDREN
+    if _CHILDREN is None:
         _VISIT = ci.callbacks["cursor_visit"]
-    out = []
-    tu = c._tu
-
-    def visitor(child, _parent, _data):
-        child._tu = tu
-        out.append(child)
-        return 1  # CXChildVisit_Continue
-
-    ci.conf.lib.clang_visitChildren(c, _VISIT(visitor), None)
+        _CHILDREN = _VISIT(_append_child)
+    out: list = []
+    ci.conf.lib.clang_visitChildren(c, _CHILDREN, (out, c._tu))
     return out
 
 
@@ -139,36 +143,37 @@ def extent_offsets(c) -> tuple[int | None, int, int]:
 
 
 def top_level(tu) -> list:
-    """(kind, cursor, file handle, offset) of a translation unit's function definitions and
-    variables, in order. The handle (an int, :func:`file_name` names it; None for no file) and
-    offset are where the name is expanded: a cheap per-translation-unit key.
+    """(kind, cursor, file handle, offset, line, column) of a translation unit's function
+    definitions and variables, in order. The handle (an int, :func:`file_name` names it; None
+    for no file), offset, line and column are where the name is expanded (``cursor.location``'s
+    file, line and column): the offset is a cheap per-translation-unit key.
 
-    The top level of a kernel TU holds tens of thousands of declarations; kinds are compared as
-    libclang's integers and locations read into reused buffers, so only the few kept become
-    Python cursors with a kind.
+    The top level of a kernel TU holds tens of thousands of declarations; kinds are read from
+    the cursor structure itself (no libclang call) and locations into reused buffers, so only
+    the few kept become Python cursors with a kind.
     """
     global _VISIT
     if _VISIT is None:
         _VISIT = ci.callbacks["cursor_visit"]
     lib = ci.conf.lib
-    kind_of, is_definition, location_of = lib.clang_getCursorKind, lib.clang_isCursorDefinition, lib.clang_getCursorLocation
+    is_definition, location_of = lib.clang_isCursorDefinition, lib.clang_getCursorLocation
     expansion = _lib().clang_getExpansionLocation
     fn, var = K.FUNCTION_DECL.value, K.VAR_DECL.value
-    handle, offset = ctypes.c_void_p(), ctypes.c_uint()
-    p_handle, p_offset = ctypes.byref(handle), ctypes.byref(offset)
+    handle, line, col, offset = ctypes.c_void_p(), ctypes.c_uint(), ctypes.c_uint(), ctypes.c_uint()
+    p_handle, p_line, p_col, p_offset = ctypes.byref(handle), ctypes.byref(line), ctypes.byref(col), ctypes.byref(offset)
     out = []
 
     def visitor(child, _parent, _data):
-        k = kind_of(child)
+        k = child._kind_id  # what clang_getCursorKind returns, without the call
         if k == fn:
             if is_definition(child):
                 child._tu = tu
-                expansion(location_of(child), p_handle, None, None, p_offset)
-                out.append((FUNCTION_DEFINITION, child, handle.value, offset.value))
+                expansion(location_of(child), p_handle, p_line, p_col, p_offset)
+                out.append((FUNCTION_DEFINITION, child, handle.value, offset.value, line.value, col.value))
         elif k == var:
             child._tu = tu
-            expansion(location_of(child), p_handle, None, None, p_offset)
-            out.append((VARIABLE, child, handle.value, offset.value))
+            expansion(location_of(child), p_handle, p_line, p_col, p_offset)
+            out.append((VARIABLE, child, handle.value, offset.value, line.value, col.value))
         return 1  # CXChildVisit_Continue
 
     lib.clang_visitChildren(tu.cursor, _VISIT(visitor), None)
@@ -181,12 +186,11 @@ def top_level_of(tu, kinds) -> list:
     global _VISIT
     if _VISIT is None:
         _VISIT = ci.callbacks["cursor_visit"]
-    kind_of = ci.conf.lib.clang_getCursorKind
     wanted = frozenset(k.value for k in kinds)
     out = []
 
     def visitor(child, _parent, _data):
-        k = kind_of(child)
+        k = child._kind_id
         if k in wanted:
             child._tu = tu
             out.append((k, child))

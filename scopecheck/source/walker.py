@@ -199,14 +199,19 @@ def _null(c) -> bool:
     return s.kind == K.INTEGER_LITERAL and cx.eval_int(s) == 0
 
 
-def function_record(fn, ctx: Context) -> SourceFunction:
+def function_record(fn, ctx: Context, where: tuple | None = None) -> SourceFunction:
     """The :class:`SourceFunction` of a function definition cursor (no walk: header functions
-    that never name a root get only this)."""
-    loc = fn.location  # one location: file, line and column from one libclang call
-    f = loc.file
+    that never name a root get only this). ``where``: (file handle, line, column) of
+    ``fn.location`` when the caller has them (:func:`clangext.top_level`)."""
+    if where is not None:
+        handle, line, col = where
+        file = ctx.relpath(ctx.file_name(handle)) if handle else None
+    else:
+        loc = fn.location  # one location: file, line and column from one libclang call
+        f = loc.file
+        file, line, col = (ctx.relpath(f.name) if f is not None else None), loc.line, loc.column
     params = tuple((a.spelling, a.type.spelling) for a in fn.get_arguments())
-    return SourceFunction(name=fn.spelling, file=ctx.relpath(f.name) if f is not None else None,
-                          line=loc.line, col=loc.column,
+    return SourceFunction(name=fn.spelling, file=file, line=line, col=col,
                           is_static=fn.storage_class == ci.StorageClass.STATIC,
                           is_inline=cx.is_inline(fn), type=cx.function_type_spelling(fn.type),
                           params=params)
