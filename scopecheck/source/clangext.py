@@ -94,7 +94,7 @@ def file_name(handle: int) -> str:
 def strip(c):
     """Look through parentheses and implicit casts (libclang's UNEXPOSED_EXPR with one child)."""
     while c.kind in PASS_THROUGH:
-        kids = list(c.get_children())
+        kids = children(c)
         if len(kids) != 1:
             return c
         c = kids[0]

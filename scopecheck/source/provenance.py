@@ -89,7 +89,7 @@ def _make_walker():
             self.prov = ProvSummary(function=self.key)
 
         def run(self):
-            for c in self.fn.get_children():
+            for c in cx.children(self.fn):
                 if c.kind == K.PARM_DECL:
                     self._params[c.hash] = len(self._params)
             self.prov.nparams = len(self._params)

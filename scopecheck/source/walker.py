@@ -241,7 +241,7 @@ class FunctionWalker:
 
     def run(self):
         body = None
-        for c in self.fn.get_children():
+        for c in cx.children(self.fn):
             if c.kind == K.PARM_DECL:
                 self._defs.setdefault(c.hash, []).append("param")
             elif c.kind == K.COMPOUND_STMT:
@@ -963,7 +963,7 @@ def file_scope_address_taken(var, ctx: Context) -> list[AddressTaken]:
             return
         if c.kind in (K.CXX_UNARY_EXPR, K.TYPE_REF):
             return
-        for ch in c.get_children():
+        for ch in cx.children(c):
             visit(ch, depth + 1)
 
     visit(var)
