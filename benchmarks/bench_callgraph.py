@@ -5,14 +5,16 @@ In one run, medians of N:
   * binary-only call graph + proof of Debian's 6.1 dbg vmlinux, cold (--no-cache)  target <= 3 s
   * full proof (source + binary) of the 6.1 pkvm-tiny build, cold (--no-cache)      target <= 20 s
   * the same, warm (caches filled)                                                  target <= 2 s
+  * full proof of the 6.12 pkvm-tiny build, cold and warm                            warm target <= 3 s
   * the floor: libclang parsing the same hyp translation units (same arguments, same worker
     processes) and doing nothing else, run just before the cold proof in each round; printed:
     proof-cold / floor, the median of the rounds' ratios (target <= 1.5x)
   * spatch (Debian package coccinelle) with a simple kvm_vcpu field query over the same
     hyp .c files: time, and how many distinct kvm_vcpu fields each tool finds.
 
-Usage: python benchmarks/bench_callgraph.py [--runs N] [--vmlinux V] [--build DIR]
-Without --vmlinux / --build, Debian's 6.1 vmlinux is fetched and pkvm-tiny is built (cached).
+Usage: python benchmarks/bench_callgraph.py [--runs N] [--vmlinux V] [--build DIR] [--build-612 DIR]
+Without --vmlinux / --build / --build-612, Debian's 6.1 vmlinux is fetched and pkvm-tiny is built
+from linux-source-6.1 and -6.12 (cached).
 spatch is optional: without it that row is skipped (apt-get install coccinelle).
 
 scopecheck's modules are byte-compiled first (a pip install does that), so no run pays for
@@ -100,6 +102,7 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--vmlinux")
     ap.add_argument("--build")
+    ap.add_argument("--build-612", dest="build_612")
     a = ap.parse_args()
     sys.path.insert(0, str(ROOT))
     sys.path.insert(0, str(ROOT / "tests"))
@@ -120,6 +123,12 @@ def main() -> int:
         from build_cache import pkvm_tiny_61
 
         build = pkvm_tiny_61().out
+    if a.build_612:
+        build_612 = Path(a.build_612)
+    else:
+        from build_cache import build as build_series
+
+        build_612 = build_series("6.12").out
     rows: dict[str, list[float]] = {}
     outs: dict[str, str] = {}
     # the floor runs just before the cold proof in each round: the ratio is taken per round, so
@@ -129,8 +138,11 @@ def main() -> int:
         "floor: libclang parses the same hyp TUs, nothing else": [sys.executable, "-c", FLOOR, str(build)],
         "source+binary, 6.1 pkvm-tiny, cold": sc() + ["callgraph", "--no-cache", "--format", "json", str(build)],
         "source+binary, 6.1 pkvm-tiny, warm": sc() + ["callgraph", "--format", "json", str(build)],
+        "source+binary, 6.12 pkvm-tiny, cold": sc() + ["callgraph", "--no-cache", "--format", "json", str(build_612)],
+        "source+binary, 6.12 pkvm-tiny, warm": sc() + ["callgraph", "--format", "json", str(build_612)],
     }
     timed(cases["source+binary, 6.1 pkvm-tiny, warm"])  # fill the caches
+    timed(cases["source+binary, 6.12 pkvm-tiny, warm"])
     spatch = shutil.which("spatch")
     src = (build / "source").resolve()
     hyp_c = sorted((src / "arch/arm64/kvm/hyp/nvhe").glob("*.c"))
@@ -146,11 +158,11 @@ def main() -> int:
             rows.setdefault(name, []).append(w)
             outs[name] = out
     targets = {"binary-only, Debian 6.1 vmlinux, cold": 3.0, "source+binary, 6.1 pkvm-tiny, cold": 20.0,
-               "source+binary, 6.1 pkvm-tiny, warm": 2.0}
+               "source+binary, 6.1 pkvm-tiny, warm": 2.0, "source+binary, 6.12 pkvm-tiny, warm": 3.0}
     ours = json.loads(outs["source+binary, 6.1 pkvm-tiny, warm"])
     ours_fields = {f["path"].split(".")[0] if not f["path"].startswith("arch.") else
                    ".".join(f["path"].split(".")[:2]) for f in ours["footprint"] if f["root"] == "kvm_vcpu"}
-    print(f"vmlinux {vml}\nbuild {build}\n{a.runs} runs each, medians")
+    print(f"vmlinux {vml}\nbuild {build}\nbuild 6.12 {build_612}\n{a.runs} runs each, medians")
     peer = statistics.median(rows[next(iter(k for k in cases if k.startswith("spatch")))]) if spatch else None
     print(f"{'case':52} {'median s':>9} {'target':>8} {'x spatch':>9}")
     for name, ts in rows.items():
