@@ -9,6 +9,8 @@ In one run, medians of N:
   * the floor: libclang parsing the same hyp translation units (same arguments, same worker
     processes) and doing nothing else, run just before the cold proof in each round; printed:
     proof-cold / floor, the median of the rounds' ratios (target <= 1.5x)
+  * what reconciling the two doors costs: the time in reconcile() and binary_provenance() as a
+    share of a cold 6.1 proof (in one process, the library's prove())                 target <= 20%
   * spatch (Debian package coccinelle) with a simple kvm_vcpu field query over the same
     hyp .c files: time, and how many distinct kvm_vcpu fields each tool finds.
 
@@ -97,6 +99,25 @@ with cf.ProcessPoolExecutor(max_workers=min(os.cpu_count() or 1, len(cmds)),
 """
 
 
+RECONCILE = """
+import sys, time
+import scopecheck.reconcile as r
+from scopecheck.proof import prove
+spent = [0.0]
+for name in ("reconcile", "binary_provenance"):
+    def timed(*a, _f=getattr(r, name), **k):
+        t = time.perf_counter()
+        try:
+            return _f(*a, **k)
+        finally:
+            spent[0] += time.perf_counter() - t
+    setattr(r, name, timed)
+t = time.perf_counter()
+prove(sys.argv[1], use_cache=False)
+print(spent[0] / (time.perf_counter() - t))
+"""
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", type=int, default=5)
@@ -157,6 +178,7 @@ def main() -> int:
             w, out = timed(cmd)
             rows.setdefault(name, []).append(w)
             outs[name] = out
+    shares = [float(timed([sys.executable, "-c", RECONCILE, str(build)])[1]) for _ in range(a.runs)]
     targets = {"binary-only, Debian 6.1 vmlinux, cold": 3.0, "source+binary, 6.1 pkvm-tiny, cold": 20.0,
                "source+binary, 6.1 pkvm-tiny, warm": 2.0, "source+binary, 6.12 pkvm-tiny, warm": 3.0}
     ours = json.loads(outs["source+binary, 6.1 pkvm-tiny, warm"])
@@ -178,6 +200,9 @@ def main() -> int:
           f"(target <= 1.5x: {'met' if paired <= 1.5 else 'MISSED'}); per round: "
           f"{', '.join(f'{c / f:.2f}' for c, f in zip(colds, floors))}; ratio of the medians: "
           f"{statistics.median(colds) / statistics.median(floors):.2f}x")
+    share = statistics.median(shares)
+    print(f"reconciliation: {100 * share:.1f}% of a cold 6.1 proof, median of {len(shares)} "
+          f"(target <= 20%: {'met' if share <= 0.2 else 'MISSED'})")
     print(f"distinct kvm_vcpu fields (top level / arch.X), scopecheck source+binary: {len(ours_fields)}; "
           f"all field paths: {sum(1 for f in ours['footprint'] if f['root'] == 'kvm_vcpu')}")
     if spatch:
