@@ -208,8 +208,7 @@ def derive(
     quiet: bool = typer.Option(False, "--quiet", help="No progress on stderr."),
 ) -> None:
     """The minimal hyp state: a struct vcpu_hyp_state of the kvm_vcpu fields hyp touches outside kvm_cpu_context."""
-    import json as _json
-
+    from scopecheck import jsontext
     from scopecheck.derive import derive as _derive, to_c
     from scopecheck.layout import load_layouts
 
@@ -218,7 +217,7 @@ def derive(
     if lays.get("kvm_cpu_context") is None:
         raise ScopecheckError(f"{r.inputs.elf}: struct kvm_cpu_context not found in DWARF")
     d = _derive(r.footprint, lays["kvm_vcpu"], lays["kvm_cpu_context"], str(r.inputs.elf))
-    sys.stdout.write(to_c(d) if fmt is DeriveFormat.c else _json.dumps(d.to_dict(), indent=2) + "\n")
+    sys.stdout.write(to_c(d) if fmt is DeriveFormat.c else jsontext.dumps(d.to_dict()) + "\n")
 
 
 class NarrowFormat(str, Enum):

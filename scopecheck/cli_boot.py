@@ -7,7 +7,6 @@ on stdout; progress on stderr. Exit 0 all checks pass, 1 a check failed
 
 from __future__ import annotations
 
-import json
 import sys
 from enum import Enum
 from pathlib import Path
@@ -15,6 +14,7 @@ from typing import Optional
 
 import typer
 
+from scopecheck import jsontext
 from scopecheck.progress import StatusLine
 from scopecheck.errors import ScopecheckError
 
@@ -79,7 +79,7 @@ def boot_cmd(
         typer.echo("scopecheck: " + " ".join(str(e).split()), err=True)
         raise typer.Exit(getattr(e, "exit_code", 2))
     if fmt is BootFormat.json:
-        sys.stdout.write(json.dumps(rep.to_dict(), indent=2) + "\n")
+        sys.stdout.write(jsontext.dumps(rep.to_dict()) + "\n")
     else:
         sys.stdout.write(format_text(rep))
     raise typer.Exit(0 if rep.passed else 1)

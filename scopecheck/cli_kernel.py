@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import functools
 import json
+
+from scopecheck import jsontext
 import sys
 from enum import Enum
 from typing import Annotated, Optional
@@ -180,7 +182,7 @@ def fetch_cmd(
         typer.echo(data[key])
         return
     if output_format is OutputFormat.json:
-        typer.echo(json.dumps(data, indent=2))
+        typer.echo(jsontext.dumps(data))
         return
     for key in ("abi", "version", "vmlinux", "image", "config", "source_tarball", "cache_dir"):
         if data.get(key) is not None:
@@ -204,7 +206,7 @@ def list_cmd(
     _check_architecture()
     abis = available_abis(flavour)
     if output_format is OutputFormat.json:
-        typer.echo(json.dumps({"schema_version": 1, "flavour": flavour, "abis": abis}, indent=2))
+        typer.echo(jsontext.dumps({"schema_version": 1, "flavour": flavour, "abis": abis}))
     else:
         for a in abis:
             typer.echo(f"debian:{a}")

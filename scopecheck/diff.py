@@ -9,6 +9,8 @@ and no longer touched (with bytes), and the change in the counts.
 from __future__ import annotations
 
 import json
+
+from scopecheck import jsontext
 from pathlib import Path
 
 from scopecheck.errors import InputError
@@ -183,4 +185,4 @@ def to_text(d: dict) -> str:
 
 
 def to_json(d: dict) -> str:
-    return json.dumps(d, indent=2) + "\n"
+    return jsontext.dumps(d) + "\n"

@@ -16,6 +16,8 @@ into place, so a reader sees the old report or the new one, never half of one.
 from __future__ import annotations
 
 import json
+
+from scopecheck import jsontext
 import os
 import shutil
 import tempfile
@@ -509,7 +511,7 @@ def write_report(data: ReportData, out, *, history=None) -> ReportFiles:
                 "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(data.created)),
                 "headline": data.headline, "figures": sorted(figs), "csv": csvs,
                 "files": sorted(files + ["report.json"])}
-        put("report.json", json.dumps(meta, indent=2) + "\n")
+        put("report.json", jsontext.dumps(meta) + "\n")
         for f in tmp.iterdir():
             os.chmod(f, 0o644)
         os.chmod(tmp, 0o755)

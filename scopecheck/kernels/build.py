@@ -59,6 +59,8 @@ import fcntl
 import hashlib
 import importlib.resources
 import json
+
+from scopecheck import jsontext
 import os
 import re
 import shutil
@@ -1219,7 +1221,7 @@ class StderrBuildProgress(StatusLine):
 def print_result(k: BuiltKernel, as_json: bool) -> None:
     """The CLI's stdout: 'name: path' lines, or the JSON of :meth:`BuiltKernel.to_json`."""
     if as_json:
-        print(json.dumps(k.to_json(), indent=2))
+        print(jsontext.dumps(k.to_json()))
         return
     for name, path in (("vmlinux", k.vmlinux), ("image", k.image), ("kvm_nvhe_o", k.kvm_nvhe_o),
                        ("compile_commands", k.compile_commands), ("config", k.config_path),

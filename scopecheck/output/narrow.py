@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import json
+from scopecheck import jsontext
 
 
 def _loc(f) -> str:
@@ -50,4 +50,4 @@ def text(r, *, verbose: bool = False) -> str:
 
 
 def to_json(r) -> str:
-    return json.dumps(r.to_dict(), indent=2) + "\n"
+    return jsontext.dumps(r.to_dict()) + "\n"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 
+from scopecheck import jsontext
 from scopecheck import __version__
 from scopecheck.proof import FINGERPRINT_VERSION, SCHEMA_VERSION, ProofResult
 
@@ -84,7 +85,7 @@ def to_dict(r: ProofResult) -> dict:
 
 
 def to_json(r: ProofResult) -> str:
-    return json.dumps(to_dict(r), indent=2, default=sorted) + "\n"
+    return jsontext.dumps(to_dict(r), default=sorted) + "\n"
 
 
 def _phys(file, line, col=None) -> dict:
@@ -133,7 +134,7 @@ def to_sarif(r: ProofResult) -> str:
                      "properties": {"evidence": _sarif_evidence(r),
                                     **({"boundary": r.stats["boundary"]["totals"]} if "boundary" in r.stats
                                        else {})}}]}
-    return json.dumps(doc, indent=2) + "\n"
+    return jsontext.dumps(doc) + "\n"
 
 
 def _sarif_evidence(r: ProofResult) -> dict:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import json
+
+from scopecheck import jsontext
 from html import escape
 from pathlib import Path
 
@@ -73,7 +75,7 @@ def to_dict(r: SeriesResult) -> dict:
 
 
 def to_json(r: SeriesResult) -> str:
-    return json.dumps(to_dict(r), indent=2) + "\n"
+    return jsontext.dumps(to_dict(r)) + "\n"
 
 
 def _signed(v) -> str:

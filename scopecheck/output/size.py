@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import io
-import json
 
+from scopecheck import jsontext
 from scopecheck.size import SCHEMA_VERSION, SizeReport
 
 
@@ -100,7 +100,7 @@ def expanded(reports: list[SizeReport]) -> str:
 def to_json(reports: list[SizeReport], members: bool = True) -> str:
     doc = {"schema_version": SCHEMA_VERSION, "tool": "scopecheck", "command": "size",
            "targets": [r.to_dict(members=members) for r in reports]}
-    return json.dumps(doc, indent=2) + "\n"
+    return jsontext.dumps(doc) + "\n"
 
 
 def to_csv(reports: list[SizeReport], members: bool = False) -> str:
