@@ -133,8 +133,8 @@ def test_published_header_memos_are_only_a_speed_up(tmp_path):
     _fresh_memos()
     alone = cf.parse_tu(cmd, includes=False).to_wire()
     (tmp_path / "1.0.1.tmp").write_bytes(b"half written")
-    (tmp_path / f"{os.getpid()}.0.1.memo").write_bytes(b"not a pickle")
-    (tmp_path / "2.0.1.memo").write_bytes(b"\x80\x05damaged")
+    (tmp_path / f"{os.getpid()}.0.1.memo").write_bytes(b"not an entry")
+    (tmp_path / "2.0.1.memo").write_bytes(b"SCOPECHECK-CACHE\x01\ndamaged")
     _fresh_memos()
     before = cf.STATS["header_memo_loaded"]
     assert cf.parse_tu(cmd, includes=False, share=str(tmp_path)).to_wire() == alone

@@ -144,31 +144,37 @@ def _publish(share: str | None) -> None:
     """Write the header memo entries this worker computed since its last call where the other
     workers of this run read them (:func:`_load_published`): each hyp TU's first worker to walk
     the kvm headers saves the others from walking them again (~0.6 s of CPU per worker on 6.1).
-    Written whole under a temporary name, then renamed: a reader sees all of a file or nothing."""
+    Entries are data, not pickles: the cache's typed msgpack (:mod:`scopecheck.cache`, checksummed)
+    of the records in :class:`TUFacts`' wire form. Written whole under a temporary name, then
+    renamed: a reader sees all of a file or nothing."""
     if not share or not _LOCAL_NEW:
         return
-    import pickle
-
-    entries = [(kind, k, (_HEADER_FUNCTIONS if kind == "f" else _HEADER_VARIABLES)[k]) for kind, k in _LOCAL_NEW]
+    fkeys = [k for kind, k in _LOCAL_NEW if kind == "f"]
+    vkeys = [k for kind, k in _LOCAL_NEW if kind == "v"]
     _LOCAL_NEW.clear()
+    tf = TUFacts()  # the functions in order; their walks keyed by position (one key may repeat a name)
+    for i, k in enumerate(fkeys):
+        rec, per = _HEADER_FUNCTIONS[k]
+        tf.functions.append(rec)
+        if per is not None:
+            tf.per_function[(i,)] = per
     name = os.path.join(share, f"{os.getpid()}.{len(_LOADED)}.{time.monotonic_ns()}")
     try:
+        data = _cache.dumps((fkeys, tf.to_wire(), vkeys, [_HEADER_VARIABLES[k] for k in vkeys]))
         with open(name + ".tmp", "wb") as fh:
-            pickle.dump(entries, fh, protocol=pickle.HIGHEST_PROTOCOL)
+            fh.write(data)
         os.replace(name + ".tmp", name + ".memo")
-    except OSError:  # a full or vanished directory: the others walk the headers themselves
+    except (OSError, _cache.Unsupported):  # a full or vanished directory: the others walk the headers themselves
         pass
 
 
 def _load_published(share: str | None) -> None:
     """Take the header memo entries other workers of this run published (:func:`_publish`) and
-    this process does not have yet. Only a speed-up: what a worker finds nothing for, it walks.
-    The memo's keys name the header file with its mtime and size, the roots and the clang
-    arguments, so an entry is used only where this process would have computed the same."""
+    this process does not have yet. Only a speed-up: what a worker finds nothing for (or cannot
+    read back), it walks. The memo's keys name the header file with its mtime and size, the roots
+    and the clang arguments, so an entry is used only where this process would have computed the same."""
     if not share:
         return
-    import pickle
-
     try:
         names = sorted(n for n in os.listdir(share)
                        if n.endswith(".memo") and n not in _LOADED and not n.startswith(f"{os.getpid()}."))
@@ -178,12 +184,15 @@ def _load_published(share: str | None) -> None:
         _LOADED.add(n)
         try:
             with open(os.path.join(share, n), "rb") as fh:
-                entries = pickle.load(fh)
-        except (OSError, pickle.UnpicklingError, EOFError):
+                fkeys, wire, vkeys, variables = _cache.loads(fh.read())
+            tf = TUFacts.from_wire(wire)
+        except (OSError, ValueError, TypeError, KeyError):
             continue
-        for kind, k, v in entries:
-            (_HEADER_FUNCTIONS if kind == "f" else _HEADER_VARIABLES).setdefault(k, v)
-        STATS["header_memo_loaded"] += len(entries)
+        for i, (k, rec) in enumerate(zip(fkeys, tf.functions)):
+            _HEADER_FUNCTIONS.setdefault(_deep_tuple(k), (rec, tf.per_function.get((i,))))
+        for k, v in zip(vkeys, variables):
+            _HEADER_VARIABLES.setdefault(_deep_tuple(k), v)
+        STATS["header_memo_loaded"] += len(fkeys) + len(vkeys)
 
 
 def _args_key(args: list[str]) -> str:
@@ -225,7 +234,7 @@ def _file_prefix(f, ctx, relroot: str, args_key: str):
     if prefix is None:
         try:
             o = os.stat(name)
-            prefix = (name, (o.st_mtime_ns, o.st_size), relroot, ctx.roots, args_key)
+            prefix = (name, (o.st_mtime_ns, o.st_size), relroot, tuple(sorted(ctx.roots)), args_key)  # plain data: other workers read it
         except OSError:
             prefix = False
         _PREFIXES[k] = prefix
